@@ -1,0 +1,191 @@
+//! The object-bucket abstraction every durable byte goes through.
+//!
+//! One small async trait, [`Backend`], with two implementations — [`s3`] (any S3 endpoint, through
+//! aws-sdk-s3) and [`fs`] (a local directory, the embedded default) — and tiny wrappers of the same
+//! trait that add behaviour: [`counting`] counts requests, [`fault`] injects failures for tests.
+//! Keys are UTF-8 strings of 1 to 1,024 bytes, as S3 allows.
+
+pub mod counting;
+pub mod fault;
+pub mod fs;
+pub mod s3;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// The longest key a backend accepts, in bytes (S3's limit).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// What a backend knows about one stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag, without the surrounding quotes (the MD5 hex of the bytes for single-part uploads).
+    pub etag: String,
+    /// When the backend last wrote it: the backend's clock, never a gateway's.
+    pub last_modified: SystemTime,
+}
+
+/// A request for one page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListRequest {
+    /// Only keys that start with this prefix.
+    pub prefix: String,
+    /// Roll keys up to the first occurrence of this delimiter after the prefix into common prefixes.
+    pub delimiter: Option<String>,
+    /// Only keys (and common prefixes) strictly greater than this one.
+    pub start_after: Option<String>,
+    /// The token a previous page returned, to go on from there.
+    pub continuation_token: Option<String>,
+    /// At most this many keys plus common prefixes (1..=1000; 0 means 1000).
+    pub max_keys: usize,
+}
+
+/// One page of a listing, in byte order of keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// The objects on this page.
+    pub objects: Vec<ObjectMeta>,
+    /// The common prefixes on this page (with a delimiter), each ending with the delimiter.
+    pub common_prefixes: Vec<String>,
+    /// Present when there is more: pass it back as [`ListRequest::continuation_token`].
+    pub next_continuation_token: Option<String>,
+}
+
+/// The body of a GET: its bytes as a stream, and the object's metadata.
+pub struct GetResult {
+    /// The whole object's metadata (size is the whole object's, not the range's).
+    pub meta: ObjectMeta,
+    /// The byte range this body holds.
+    pub range: Range<u64>,
+    /// The bytes of `range`.
+    pub body: BoxStream<'static, Result<Bytes, BackendError>>,
+}
+
+impl GetResult {
+    /// Collects the whole body into one buffer.
+    pub async fn bytes(self) -> Result<Bytes, BackendError> {
+        use futures::TryStreamExt;
+        let chunks: Vec<Bytes> = self.body.try_collect().await?;
+        if chunks.len() == 1 {
+            return Ok(chunks.into_iter().next().unwrap_or_default());
+        }
+        let mut buf = bytes::BytesMut::new();
+        for c in chunks {
+            buf.extend_from_slice(&c);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+impl std::fmt::Debug for GetResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
+    }
+}
+
+/// Why a backend request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// There is no object with this key.
+    #[error("object not found: {key}")]
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// The key is not one a backend can hold (empty, over 1,024 bytes, …).
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The byte range asked for does not lie within the object.
+    #[error("range {start}..{end} not satisfiable for {key} of {size} bytes")]
+    InvalidRange {
+        /// The key asked for.
+        key: String,
+        /// The range's start.
+        start: u64,
+        /// The range's end (exclusive).
+        end: u64,
+        /// The object's size.
+        size: u64,
+    },
+    /// A local I/O error (fs backend).
+    #[error("I/O error on {key}: {source}")]
+    Io {
+        /// The key concerned.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The remote store failed or could not be reached (S3 backend), after retries.
+    #[error("backend request {op} {key} failed: {message}")]
+    Remote {
+        /// The operation (GET, PUT, …).
+        op: &'static str,
+        /// The key concerned.
+        key: String,
+        /// What the backend said.
+        message: String,
+    },
+    /// A failure injected by a test wrapper.
+    #[error("injected fault on {op} {key}")]
+    Injected {
+        /// The operation.
+        op: &'static str,
+        /// The key concerned.
+        key: String,
+    },
+}
+
+/// An object bucket: the only way nargate reads or writes durable state.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads an object, or the byte range `range` of it (clamped to the object's end; a start
+    /// beyond the end is [`BackendError::InvalidRange`]).
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError>;
+
+    /// Writes an object whole, atomically: readers see the old object or the new, never a part.
+    async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError>;
+
+    /// Reads an object's metadata.
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError>;
+
+    /// Lists one page of keys, in byte order.
+    async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError>;
+
+    /// Deletes an object; deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), BackendError>;
+}
+
+/// A shared handle to any backend.
+pub type DynBackend = Arc<dyn Backend>;
+
+/// Checks that `key` is one every backend can hold: 1 to [`MAX_KEY_LEN`] bytes.
+pub fn validate_key(key: &str) -> Result<(), BackendError> {
+    if key.is_empty() {
+        return Err(BackendError::InvalidKey { key: key.to_owned(), reason: "empty key" });
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(BackendError::InvalidKey { key: key.to_owned(), reason: "longer than 1024 bytes" });
+    }
+    Ok(())
+}
+
+/// Reads a whole object into memory (for records and chunks, which are small).
+pub async fn get_bytes(backend: &dyn Backend, key: &str) -> Result<Bytes, BackendError> {
+    backend.get(key, None).await?.bytes().await
+}

@@ -1,0 +1,16 @@
+//! nargate: an S3-compatible object gateway for Nix binary caches.
+//!
+//! Store paths are kept deduplicated, as content-defined chunks in an object store, and every NAR
+//! is rendered on the fly by a seekable renderer. See `DESIGN.md` for the architecture.
+//!
+//! - [`nix`]: Nix's formats (nixbase32, store paths, NAR, narinfo, signatures).
+//! - [`backend`]: the object-bucket trait and its S3 and local-directory implementations.
+//! - [`castore`]: the content-addressed store: digests, directories, chunks, NAR records.
+//! - [`ingest`]: a NAR upload becomes chunks and a NAR record.
+//! - [`render`]: segment tables and the seekable NAR renderer.
+
+pub mod backend;
+pub mod castore;
+pub mod ingest;
+pub mod nix;
+pub mod render;
