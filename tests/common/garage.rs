@@ -277,7 +277,13 @@ admin_token = "{token}"
 /// The `garage` executable: `$GARAGE_BIN`, else on the `PATH`, else `~/.cargo/bin/garage`.
 fn find_garage() -> PathBuf {
     if let Some(bin) = std::env::var_os("GARAGE_BIN") {
-        return PathBuf::from(bin);
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "$GARAGE_BIN is {}, which is not a file",
+            bin.display()
+        );
+        return bin;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let cargo_bin = std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo/bin"));
