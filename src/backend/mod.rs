@@ -41,7 +41,8 @@ pub struct ListRequest {
     pub prefix: String,
     /// Roll keys up to the first occurrence of this delimiter after the prefix into common prefixes.
     pub delimiter: Option<String>,
-    /// Only keys (and common prefixes) strictly greater than this one.
+    /// Only keys strictly greater than this one. As in S3, the keys after it still roll up into
+    /// their common prefix, even where that prefix sorts before it (`a/` after `a/1`).
     pub start_after: Option<String>,
     /// The token a previous page returned, to go on from there.
     pub continuation_token: Option<String>,
@@ -88,7 +89,10 @@ impl GetResult {
 
 impl std::fmt::Debug for GetResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,8 +158,8 @@ pub enum BackendError {
 /// An object bucket: the only way nargate reads or writes durable state.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
-    /// Reads an object, or the byte range `range` of it (clamped to the object's end; a start
-    /// beyond the end is [`BackendError::InvalidRange`]).
+    /// Reads an object, or the byte range `range` of it (clamped to the object's end; an empty
+    /// range, or one that starts at or beyond the end, is [`BackendError::InvalidRange`]).
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError>;
 
     /// Writes an object whole, atomically: readers see the old object or the new, never a part.
@@ -177,10 +181,16 @@ pub type DynBackend = Arc<dyn Backend>;
 /// Checks that `key` is one every backend can hold: 1 to [`MAX_KEY_LEN`] bytes.
 pub fn validate_key(key: &str) -> Result<(), BackendError> {
     if key.is_empty() {
-        return Err(BackendError::InvalidKey { key: key.to_owned(), reason: "empty key" });
+        return Err(BackendError::InvalidKey {
+            key: key.to_owned(),
+            reason: "empty key",
+        });
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(BackendError::InvalidKey { key: key.to_owned(), reason: "longer than 1024 bytes" });
+        return Err(BackendError::InvalidKey {
+            key: key.to_owned(),
+            reason: "longer than 1024 bytes",
+        });
     }
     Ok(())
 }
@@ -188,4 +198,78 @@ pub fn validate_key(key: &str) -> Result<(), BackendError> {
 /// Reads a whole object into memory (for records and chunks, which are small).
 pub async fn get_bytes(backend: &dyn Backend, key: &str) -> Result<Bytes, BackendError> {
     backend.get(key, None).await?.bytes().await
+}
+
+/// The byte range of an object of `size` bytes that a GET of `range` returns: all of it for
+/// `None`, else `range` with its end clamped to the object's end. A range that is empty, or starts
+/// at or beyond the end (so any range of an empty object), is [`BackendError::InvalidRange`], as
+/// S3 answers 416.
+pub fn resolve_range(
+    key: &str,
+    range: Option<Range<u64>>,
+    size: u64,
+) -> Result<Range<u64>, BackendError> {
+    match range {
+        None => Ok(0..size),
+        Some(r) if r.start < r.end && r.start < size => Ok(r.start..r.end.min(size)),
+        Some(r) => Err(BackendError::InvalidRange {
+            key: key.to_owned(),
+            start: r.start,
+            end: r.end,
+            size,
+        }),
+    }
+}
+
+/// The kinds of backend request, for wrappers that count or fail them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// [`Backend::get`].
+    Get,
+    /// [`Backend::put`].
+    Put,
+    /// [`Backend::head`].
+    Head,
+    /// [`Backend::list`].
+    List,
+    /// [`Backend::delete`].
+    Delete,
+}
+
+impl Op {
+    /// The HTTP-style name of the operation (`GET`, `PUT`, …), as error messages use it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "GET",
+            Op::Put => "PUT",
+            Op::Head => "HEAD",
+            Op::List => "LIST",
+            Op::Delete => "DELETE",
+        }
+    }
+}
+
+/// A shared handle is a backend too, so wrappers such as
+/// [`CountingBackend`](counting::CountingBackend) can wrap a [`DynBackend`].
+#[async_trait]
+impl Backend for Arc<dyn Backend> {
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError> {
+        self.as_ref().get(key, range).await
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
+        self.as_ref().put(key, body).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.as_ref().head(key).await
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
+        self.as_ref().list(request).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        self.as_ref().delete(key).await
+    }
 }

@@ -1,1 +1,582 @@
-//! (to be written)
+//! A backend in an S3 bucket, through aws-sdk-s3: AWS, Garage, MinIO, Ceph, R2 …
+//!
+//! Requests are retried by the SDK (standard mode: exponential backoff with jitter, on throttling,
+//! 5xx and transport errors) up to [`S3Config::max_attempts`] times. Error mapping: `NoSuchKey` or
+//! a 404 → [`BackendError::NotFound`]; 416 → [`BackendError::InvalidRange`]; anything else →
+//! [`BackendError::Remote`] with the service's code and message.
+//!
+//! PUTs send a Content-MD5, so the server refuses a body damaged on the way; no other checksums
+//! are sent or required (`WhenRequired`), which keeps older S3 servers happy. A PUT's
+//! [`ObjectMeta::last_modified`] is the server's `Date` on its response — its own clock, at or
+//! within a second after the object's LastModified — so that a PUT needs no extra HEAD. Listings
+//! ask for URL-encoded keys (`encoding-type=url`), so keys with characters XML cannot carry list
+//! intact (and are decoded only if the server says it encoded them).
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents,
+};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
+use aws_sdk_s3::types::EncodingType;
+use base64::Engine;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+
+use super::{
+    Backend, BackendError, GetResult, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, Op,
+    validate_key,
+};
+
+/// Where an [`S3Backend`] keeps its objects, and how it gets there.
+#[derive(Clone)]
+pub struct S3Config {
+    /// The endpoint URL (`http://127.0.0.1:3900`); `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// The region to sign requests for (Garage's default is `garage`).
+    pub region: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`) instead of the host name
+    /// (`bucket.endpoint/key`); most self-hosted servers need this.
+    pub path_style: bool,
+    /// A static access key id; with [`secret_access_key`](Self::secret_access_key), else the
+    /// SDK's default credential chain (environment, profile, SSO, IMDS …) is used.
+    pub access_key_id: Option<String>,
+    /// The static secret access key that goes with [`access_key_id`](Self::access_key_id).
+    pub secret_access_key: Option<String>,
+    /// A prefix for every key in the bucket (such as `nargate/`), so that nargate can share a
+    /// bucket; keys keep the 1,024-byte limit with the prefix included.
+    pub prefix: Option<String>,
+    /// How many times a request is tried in all (at least 1).
+    pub max_attempts: u32,
+}
+
+impl Default for S3Config {
+    /// No endpoint, region `us-east-1`, no bucket, virtual-host style, the default credential
+    /// chain, no prefix, 3 attempts.
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            bucket: String::new(),
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            prefix: None,
+            max_attempts: 3,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("prefix", &self.prefix)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// Why an [`S3Config`] cannot make a backend.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum S3ConfigError {
+    /// The bucket name is empty.
+    #[error("no bucket given")]
+    NoBucket,
+    /// Only one of the access key id and the secret access key is given.
+    #[error("a static access key id needs its secret access key, and the other way round")]
+    IncompleteStaticKeys,
+    /// The endpoint is not an `http://` or `https://` URL.
+    #[error("endpoint {0:?} is not an http:// or https:// URL")]
+    InvalidEndpoint(String),
+}
+
+/// An object bucket in S3.
+#[derive(Debug, Clone)]
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Backend {
+    /// Makes a backend for `config`'s bucket. It sends no request: a wrong endpoint, bucket or
+    /// key shows on the first one.
+    pub async fn new(config: S3Config) -> Result<Self, S3ConfigError> {
+        if config.bucket.is_empty() {
+            return Err(S3ConfigError::NoBucket);
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()));
+        match (config.access_key_id, config.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    id,
+                    secret,
+                    None,
+                    None,
+                    "nargate-config",
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(S3ConfigError::IncompleteStaticKeys),
+        }
+        if let Some(endpoint) = config.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(S3ConfigError::InvalidEndpoint(endpoint));
+            }
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        let s3 = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.path_style)
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        Ok(S3Backend {
+            client: Client::from_conf(s3),
+            bucket: config.bucket,
+            prefix: config.prefix.unwrap_or_default(),
+        })
+    }
+
+    /// The bucket's key for `key`: the prefix and the key, checked.
+    fn full_key(&self, key: &str) -> Result<String, BackendError> {
+        validate_key(key)?;
+        let full = format!("{}{key}", self.prefix);
+        if full.len() > MAX_KEY_LEN {
+            return Err(BackendError::InvalidKey {
+                key: key.to_owned(),
+                reason: "longer than 1024 bytes with the backend's key prefix",
+            });
+        }
+        Ok(full)
+    }
+
+    /// The key for the bucket's key `full` (which a listing under the prefix returned).
+    fn strip_prefix(&self, full: String) -> Result<String, BackendError> {
+        match full.strip_prefix(&self.prefix) {
+            Some(key) => Ok(key.to_owned()),
+            None => Err(remote(
+                Op::List,
+                &full,
+                "the server listed a key outside the prefix",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError> {
+        let full = self.full_key(key)?;
+        if let Some(r) = range.as_ref().filter(|r| r.start >= r.end) {
+            // S3 cannot express an empty range: answer as it would for one beyond the end.
+            let size = self.head(key).await?.size;
+            return Err(BackendError::InvalidRange {
+                key: key.to_owned(),
+                start: r.start,
+                end: r.end,
+                size,
+            });
+        }
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_range(
+                range
+                    .as_ref()
+                    .map(|r| format!("bytes={}-{}", r.start, r.end - 1)),
+            );
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(err) => {
+                let Some(r) = range.filter(|_| status(&err) == Some(416)) else {
+                    return Err(classify(Op::Get, key, err));
+                };
+                let size = match unsatisfied_size(&err) {
+                    Some(size) => size,
+                    None => self.head(key).await?.size,
+                };
+                return Err(BackendError::InvalidRange {
+                    key: key.to_owned(),
+                    start: r.start,
+                    end: r.end,
+                    size,
+                });
+            }
+        };
+        let (range, size) = match (range, out.content_range()) {
+            (None, _) => {
+                let len = out.content_length().and_then(|l| u64::try_from(l).ok());
+                let len =
+                    len.ok_or_else(|| remote(Op::Get, key, "response without Content-Length"))?;
+                (0..len, len)
+            }
+            (Some(_), Some(content_range)) => {
+                parse_content_range(content_range).ok_or_else(|| {
+                    remote(
+                        Op::Get,
+                        key,
+                        &format!("unparsable Content-Range {content_range:?}"),
+                    )
+                })?
+            }
+            (Some(_), None) => {
+                return Err(remote(Op::Get, key, "the server ignored the Range header"));
+            }
+        };
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size,
+            etag: unquote(out.e_tag()),
+            last_modified: system_time(Op::Get, key, out.last_modified())?,
+        };
+        let owned = key.to_owned();
+        let body = futures::stream::unfold(out.body, |mut body: ByteStream| async move {
+            body.next().await.map(|chunk| (chunk, body))
+        })
+        .map_err(move |e| remote(Op::Get, &owned, &DisplayErrorContext(&e).to_string()))
+        .boxed();
+        Ok(GetResult { meta, range, body })
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
+        let full = self.full_key(key)?;
+        let md5 = Md5::digest(&body);
+        let size = body.len() as u64;
+        let date = DateCapture::default();
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .body(ByteStream::from(body))
+            .customize()
+            .interceptor(date.clone())
+            .send()
+            .await
+            .map_err(|e| classify(Op::Put, key, e))?;
+        let etag = match out.e_tag() {
+            Some(etag) => unquote(Some(etag)),
+            None => hex::encode(md5),
+        };
+        let last_modified = match date.get() {
+            Some(date) => date,
+            // No Date header (HTTP servers with a clock must send one): ask for the object's time.
+            None => self.head(key).await?.last_modified,
+        };
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size,
+            etag,
+            last_modified,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify(Op::Head, key, e))?;
+        let size = out.content_length().and_then(|l| u64::try_from(l).ok());
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: size.ok_or_else(|| remote(Op::Head, key, "response without Content-Length"))?,
+            etag: unquote(out.e_tag()),
+            last_modified: system_time(Op::Head, key, out.last_modified())?,
+        })
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
+        let prefix = format!("{}{}", self.prefix, request.prefix);
+        // Every key under the prefix is after a start before the prefix, so such a start says
+        // nothing; leave it out, as Garage (2.5) would list nothing at all.
+        let start_after = request
+            .start_after
+            .as_ref()
+            .map(|s| format!("{}{s}", self.prefix));
+        let start_after = start_after.filter(|s| s.as_str() >= prefix.as_str());
+        let max_keys = match request.max_keys {
+            0 => 1000,
+            n => n.min(1000),
+        };
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .set_prefix(Some(prefix.clone()).filter(|p| !p.is_empty()))
+            .set_delimiter(request.delimiter.clone().filter(|d| !d.is_empty()))
+            .set_start_after(start_after)
+            .set_continuation_token(request.continuation_token.clone())
+            .max_keys(max_keys as i32)
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .map_err(|e| classify(Op::List, &request.prefix, e))?;
+
+        // A server that ignores `encoding-type` says so by leaving it out of its answer.
+        let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let decode = |key: Option<&str>| -> Result<String, BackendError> {
+            let key =
+                key.ok_or_else(|| remote(Op::List, &prefix, "listing entry without a key"))?;
+            let full = match url_encoded {
+                true => url_decode(key).ok_or_else(|| {
+                    remote(Op::List, &prefix, &format!("badly URL-encoded key {key:?}"))
+                })?,
+                false => key.to_owned(),
+            };
+            self.strip_prefix(full)
+        };
+        let mut page = ListPage::default();
+        for object in out.contents() {
+            let key = decode(object.key())?;
+            let size = object.size().and_then(|s| u64::try_from(s).ok());
+            page.objects.push(ObjectMeta {
+                size: size.ok_or_else(|| remote(Op::List, &key, "listing entry without a size"))?,
+                etag: unquote(object.e_tag()),
+                last_modified: system_time(Op::List, &key, object.last_modified())?,
+                key,
+            });
+        }
+        for common_prefix in out.common_prefixes() {
+            page.common_prefixes.push(decode(common_prefix.prefix())?);
+        }
+        if out.is_truncated() == Some(true) {
+            let token = out.next_continuation_token().filter(|t| !t.is_empty());
+            let token = token.ok_or_else(|| {
+                remote(
+                    Op::List,
+                    &prefix,
+                    "truncated listing without a continuation token",
+                )
+            })?;
+            page.next_continuation_token = Some(token.to_owned());
+        }
+        Ok(page)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => match classify(Op::Delete, key, err) {
+                BackendError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// A [`BackendError::Remote`] for `op` on `key`.
+fn remote(op: Op, key: &str, message: &str) -> BackendError {
+    BackendError::Remote {
+        op: op.as_str(),
+        key: key.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// A failed request, as the SDK reports it.
+type RequestError<E> = SdkError<E, HttpResponse>;
+
+/// The HTTP status of a failed request, if the server answered.
+fn status<E>(err: &RequestError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// The error for a failed request: NotFound for a missing key, else Remote.
+fn classify<E>(op: Op, key: &str, err: RequestError<E>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let code = err.code();
+    let missing_key =
+        code == Some("NoSuchKey") || (status(&err) == Some(404) && code != Some("NoSuchBucket"));
+    if missing_key {
+        return BackendError::NotFound {
+            key: key.to_owned(),
+        };
+    }
+    remote(op, key, &DisplayErrorContext(&err).to_string())
+}
+
+/// The object size a 416 response gives in its `Content-Range: bytes */<size>`.
+fn unsatisfied_size<E>(err: &RequestError<E>) -> Option<u64> {
+    let content_range = err.raw_response()?.headers().get("content-range")?;
+    content_range.strip_prefix("bytes */")?.trim().parse().ok()
+}
+
+/// The range and the object's size in a `Content-Range: bytes <first>-<last>/<size>`.
+fn parse_content_range(value: &str) -> Option<(Range<u64>, u64)> {
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+    let size = size.parse().ok()?;
+    (first <= last && last < size).then_some((first..last + 1, size))
+}
+
+/// An ETag without its quotes.
+fn unquote(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_owned()
+}
+
+/// A response's time, which must be there.
+fn system_time(op: Op, key: &str, time: Option<&DateTime>) -> Result<SystemTime, BackendError> {
+    let time = time.ok_or_else(|| remote(op, key, "response without Last-Modified"))?;
+    SystemTime::try_from(*time).map_err(|e| remote(op, key, &format!("unrepresentable time: {e}")))
+}
+
+/// Decodes a key from a listing with `encoding-type=url` (`%XX` escapes; `+` is a space, as AWS
+/// writes it — a `+` itself is always escaped).
+fn url_decode(encoded: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut bytes = encoded.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// An interceptor that keeps the `Date` of the last response it sees.
+#[derive(Debug, Clone, Default)]
+struct DateCapture(Arc<Mutex<Option<String>>>);
+
+impl DateCapture {
+    /// The captured date, if the server sent a valid one.
+    fn get(&self) -> Option<SystemTime> {
+        let date = self.0.lock().ok()?.clone()?;
+        let date = DateTime::from_str(&date, DateTimeFormat::HttpDate).ok()?;
+        SystemTime::try_from(date).ok()
+    }
+}
+
+impl Intercept for DateCapture {
+    fn name(&self) -> &'static str {
+        "nargate::DateCapture"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let date = context.response().headers().get("date").map(str::to_owned);
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = date;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0..10, 100)));
+        assert_eq!(parse_content_range("bytes 99-99/100"), Some((99..100, 100)));
+        assert_eq!(parse_content_range("bytes 5-4/100"), None);
+        assert_eq!(parse_content_range("bytes 0-100/100"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn listing_keys_decode() {
+        assert_eq!(url_decode("a%2Fb+c%2B%C3%A9").as_deref(), Some("a/b c+é"));
+        assert_eq!(
+            url_decode("plain/key.txt").as_deref(),
+            Some("plain/key.txt")
+        );
+        assert_eq!(url_decode("bad%2"), None);
+        assert_eq!(url_decode("bad%zz"), None);
+        assert_eq!(url_decode("%FF"), None);
+    }
+
+    #[tokio::test]
+    async fn configs_are_checked() {
+        let config = S3Config {
+            bucket: "b".into(),
+            ..S3Config::default()
+        };
+        let no_bucket = S3Config {
+            bucket: String::new(),
+            ..config.clone()
+        };
+        assert_eq!(
+            S3Backend::new(no_bucket).await.err(),
+            Some(S3ConfigError::NoBucket)
+        );
+        let half_keys = S3Config {
+            access_key_id: Some("id".into()),
+            ..config.clone()
+        };
+        assert_eq!(
+            S3Backend::new(half_keys).await.err(),
+            Some(S3ConfigError::IncompleteStaticKeys)
+        );
+        let endpoint = S3Config {
+            endpoint: Some("localhost:3900".into()),
+            ..config.clone()
+        };
+        assert!(matches!(
+            S3Backend::new(endpoint).await,
+            Err(S3ConfigError::InvalidEndpoint(_))
+        ));
+        let secret = S3Config {
+            secret_access_key: Some("hunter2".into()),
+            ..config
+        };
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}
