@@ -5,11 +5,13 @@
 //!
 //! - [`nix`]: Nix's formats (nixbase32, store paths, NAR, narinfo, signatures).
 //! - [`backend`]: the object-bucket trait and its S3 and local-directory implementations.
+//! - [`cache`]: a bucket as a Nix binary cache: its records and the commit path.
 //! - [`castore`]: the content-addressed store: digests, directories, chunks, NAR records.
 //! - [`ingest`]: a NAR upload becomes chunks and a NAR record.
 //! - [`render`]: segment tables and the seekable NAR renderer.
 
 pub mod backend;
+pub mod cache;
 pub mod castore;
 pub mod ingest;
 pub mod nix;

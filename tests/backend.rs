@@ -10,9 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
-use nargate::backend::{
-    BackendError, DynBackend, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, get_bytes,
-};
+use nargate::backend::{BackendError, DynBackend, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, get_bytes};
 
 type TestResult = Result<(), BackendError>;
 
@@ -73,19 +71,14 @@ fn md5_hex(data: &[u8]) -> String {
 /// `len` pseudo-random bytes determined by `seed`.
 fn data(len: usize, seed: u8) -> Bytes {
     let mut out = vec![0; len];
-    blake3::Hasher::new()
-        .update(&[seed])
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut out);
     out.into()
 }
 
 /// Whether `time` is within `slack` of now.
 fn near_now(time: SystemTime, slack: Duration) -> bool {
     let now = SystemTime::now();
-    now.duration_since(time)
-        .or_else(|e| Ok::<_, ()>(e.duration()))
-        .is_ok_and(|d| d <= slack)
+    now.duration_since(time).or_else(|e| Ok::<_, ()>(e.duration())).is_ok_and(|d| d <= slack)
 }
 
 /// The distance between two times.
@@ -96,11 +89,7 @@ fn distance(a: SystemTime, b: SystemTime) -> Duration {
 /// Puts every key, with its own key as its contents, a few at a time.
 async fn put_keys(backend: &DynBackend, keys: impl IntoIterator<Item = String>) -> TestResult {
     futures::stream::iter(keys)
-        .map(|key| async move {
-            backend
-                .put(&key, Bytes::from(key.clone().into_bytes()))
-                .await
-        })
+        .map(|key| async move { backend.put(&key, Bytes::from(key.clone().into_bytes())).await })
         .buffer_unordered(16)
         .try_collect::<Vec<ObjectMeta>>()
         .await?;
@@ -108,10 +97,7 @@ async fn put_keys(backend: &DynBackend, keys: impl IntoIterator<Item = String>) 
 }
 
 /// Every page of a listing, following continuation tokens.
-async fn list_pages(
-    backend: &DynBackend,
-    request: ListRequest,
-) -> Result<Vec<ListPage>, BackendError> {
+async fn list_pages(backend: &DynBackend, request: ListRequest) -> Result<Vec<ListPage>, BackendError> {
     let mut pages = Vec::new();
     let mut request = request;
     loop {
@@ -132,28 +118,14 @@ async fn list_all(
     request: ListRequest,
 ) -> Result<(Vec<String>, Vec<String>), BackendError> {
     let pages = list_pages(backend, request).await?;
-    let keys = pages
-        .iter()
-        .flat_map(|p| p.objects.iter().map(|o| o.key.clone()))
-        .collect();
-    let prefixes = pages
-        .iter()
-        .flat_map(|p| p.common_prefixes.iter().cloned())
-        .collect();
+    let keys = pages.iter().flat_map(|p| p.objects.iter().map(|o| o.key.clone())).collect();
+    let prefixes = pages.iter().flat_map(|p| p.common_prefixes.iter().cloned()).collect();
     Ok((keys, prefixes))
 }
 
 /// The keys of a whole listing under `prefix`, without a delimiter.
 async fn keys_under(backend: &DynBackend, prefix: &str) -> Result<Vec<String>, BackendError> {
-    Ok(list_all(
-        backend,
-        ListRequest {
-            prefix: prefix.into(),
-            ..Default::default()
-        },
-    )
-    .await?
-    .0)
+    Ok(list_all(backend, ListRequest { prefix: prefix.into(), ..Default::default() }).await?.0)
 }
 
 /// What a listing of `keys` should return: its objects and its common prefixes.
@@ -162,8 +134,7 @@ fn model(keys: &[String], prefix: &str, delimiter: Option<&str>) -> (Vec<String>
     let mut prefixes = BTreeSet::new();
     for key in sorted(keys).into_iter().filter(|k| k.starts_with(prefix)) {
         let rest = &key[prefix.len()..];
-        if let Some(end) = delimiter.and_then(|d| rest.find(d).map(|i| prefix.len() + i + d.len()))
-        {
+        if let Some(end) = delimiter.and_then(|d| rest.find(d).map(|i| prefix.len() + i + d.len())) {
             prefixes.insert(key[..end].to_owned());
         } else {
             objects.push(key);
@@ -199,11 +170,7 @@ async fn put_get_head(backend: DynBackend) -> TestResult {
     assert_eq!(put.key, "dir/hello.txt");
     assert_eq!(put.size, body.len() as u64);
     assert_eq!(put.etag, md5_hex(&body));
-    assert!(
-        near_now(put.last_modified, Duration::from_secs(60)),
-        "{:?}",
-        put.last_modified
-    );
+    assert!(near_now(put.last_modified, Duration::from_secs(60)), "{:?}", put.last_modified);
 
     let head = backend.head("dir/hello.txt").await?;
     assert_eq!(
@@ -223,10 +190,7 @@ async fn put_get_head(backend: DynBackend) -> TestResult {
 
 async fn empty_object(backend: DynBackend) -> TestResult {
     let put = backend.put("empty", Bytes::new()).await?;
-    assert_eq!(
-        (put.size, put.etag.as_str()),
-        (0, "d41d8cd98f00b204e9800998ecf8427e")
-    );
+    assert_eq!((put.size, put.etag.as_str()), (0, "d41d8cd98f00b204e9800998ecf8427e"));
     let got = backend.get("empty", None).await?;
     assert_eq!(got.range, 0..0);
     assert_eq!(got.bytes().await?, "");
@@ -266,12 +230,7 @@ async fn ranged_get(backend: DynBackend) -> TestResult {
     // A start at or beyond the end, or an empty range, is not satisfiable.
     for range in [100..101, 150..160, 5..5, u64::MAX - 1..u64::MAX] {
         match get(range.clone()).await {
-            Err(BackendError::InvalidRange {
-                key,
-                start,
-                end,
-                size,
-            }) => {
+            Err(BackendError::InvalidRange { key, start, end, size }) => {
                 assert_eq!((key.as_str(), start..end, size), ("r", range, 100));
             }
             other => panic!("{range:?}: {other:?}"),
@@ -330,9 +289,7 @@ async fn delete_is_idempotent(backend: DynBackend) -> TestResult {
 
 async fn nested_keys_coexist(backend: DynBackend) -> TestResult {
     // Not keys that start with `/`: Garage drops leading slashes (see `fs_only`).
-    let keys = strings(&[
-        "a", "a/b", "a/b/c", "a/", "a//b", "a///", "a/b/", "a/b//", "b//c",
-    ]);
+    let keys = strings(&["a", "a/b", "a/b/c", "a/", "a//b", "a///", "a/b/", "a/b//", "b//c"]);
     put_keys(&backend, keys.clone()).await?;
     for key in &keys {
         assert_eq!(get_bytes(&*backend, key).await?, key.as_bytes(), "{key}");
@@ -425,20 +382,9 @@ async fn long_components(backend: DynBackend) -> TestResult {
             ..Default::default()
         };
         let expected = model(&keys, &prefix, delimiter);
-        assert_eq!(
-            list_all(&backend, request.clone()).await?,
-            expected,
-            "{prefix} {delimiter:?}"
-        );
-        let paged = ListRequest {
-            max_keys: 7,
-            ..request
-        };
-        assert_eq!(
-            list_all(&backend, paged).await?,
-            expected,
-            "{prefix} {delimiter:?}, in pages of 7"
-        );
+        assert_eq!(list_all(&backend, request.clone()).await?, expected, "{prefix} {delimiter:?}");
+        let paged = ListRequest { max_keys: 7, ..request };
+        assert_eq!(list_all(&backend, paged).await?, expected, "{prefix} {delimiter:?}, in pages of 7");
     }
     for key in &keys {
         assert_eq!(get_bytes(&*backend, key).await?, key.as_bytes(), "{key}");
@@ -451,50 +397,23 @@ async fn long_components(backend: DynBackend) -> TestResult {
 
 async fn list_byte_order(backend: DynBackend) -> TestResult {
     let keys = strings(&[
-        "a", "a-", "a-/z", "a/x", "a/", "a.b", "a0", "A", "B", "b", "_", "~", "é", "a\u{1}", "a ",
-        "a/x/y", "ab", "a//", "Z", "0", "-",
+        "a", "a-", "a-/z", "a/x", "a/", "a.b", "a0", "A", "B", "b", "_", "~", "é", "a\u{1}", "a ", "a/x/y",
+        "ab", "a//", "Z", "0", "-",
     ]);
     put_keys(&backend, keys.clone()).await?;
     let expected = sorted(&keys);
     assert_eq!(expected[..4], strings(&["-", "0", "A", "B"]));
     assert_eq!(keys_under(&backend, "").await?, expected);
-    assert_eq!(
-        list_all(
-            &backend,
-            ListRequest {
-                max_keys: 1,
-                ..Default::default()
-            }
-        )
-        .await?
-        .0,
-        expected
-    );
-    assert_eq!(
-        list_all(
-            &backend,
-            ListRequest {
-                max_keys: 3,
-                ..Default::default()
-            }
-        )
-        .await?
-        .0,
-        expected
-    );
+    assert_eq!(list_all(&backend, ListRequest { max_keys: 1, ..Default::default() }).await?.0, expected);
+    assert_eq!(list_all(&backend, ListRequest { max_keys: 3, ..Default::default() }).await?.0, expected);
     Ok(())
 }
 
 async fn list_prefix(backend: DynBackend) -> TestResult {
-    let keys = strings(&[
-        "p", "p/1", "p/2/3", "pq", "p0", "o", "q/p/1", "ab", "abc", "ab/d", "b",
-    ]);
+    let keys = strings(&["p", "p/1", "p/2/3", "pq", "p0", "o", "q/p/1", "ab", "abc", "ab/d", "b"]);
     put_keys(&backend, keys.clone()).await?;
     assert_eq!(keys_under(&backend, "p/").await?, ["p/1", "p/2/3"]);
-    assert_eq!(
-        keys_under(&backend, "p").await?,
-        ["p", "p/1", "p/2/3", "p0", "pq"]
-    );
+    assert_eq!(keys_under(&backend, "p").await?, ["p", "p/1", "p/2/3", "p0", "pq"]);
     assert_eq!(keys_under(&backend, "ab").await?, ["ab", "ab/d", "abc"]);
     assert_eq!(keys_under(&backend, "p/2/3").await?, ["p/2/3"]);
     assert_eq!(keys_under(&backend, "p/2/").await?, ["p/2/3"]);
@@ -508,11 +427,8 @@ async fn list_delimiter(backend: DynBackend) -> TestResult {
     let keys = strings(&["a/1", "a/2", "b/c/d", "c", "d/", "e", "f-1", "f-2", "g//h"]);
     put_keys(&backend, keys).await?;
     let list = |prefix: &str, delimiter: &str| {
-        let request = ListRequest {
-            prefix: prefix.into(),
-            delimiter: Some(delimiter.into()),
-            ..Default::default()
-        };
+        let request =
+            ListRequest { prefix: prefix.into(), delimiter: Some(delimiter.into()), ..Default::default() };
         let backend = backend.clone();
         async move { list_all(&backend, request).await }
     };
@@ -532,10 +448,7 @@ async fn list_delimiter(backend: DynBackend) -> TestResult {
     assert_eq!(objects, ["a/1", "a/2", "b/c/d", "c", "d/", "e", "g//h"]);
     assert_eq!(prefixes, ["f-"]);
     let (objects, prefixes) = list("", "c/").await?;
-    assert_eq!(
-        objects,
-        ["a/1", "a/2", "c", "d/", "e", "f-1", "f-2", "g//h"]
-    );
+    assert_eq!(objects, ["a/1", "a/2", "c", "d/", "e", "f-1", "f-2", "g//h"]);
     assert_eq!(prefixes, ["b/c/"]);
     Ok(())
 }
@@ -543,20 +456,11 @@ async fn list_delimiter(backend: DynBackend) -> TestResult {
 async fn list_delimiter_pages(backend: DynBackend) -> TestResult {
     let keys = strings(&["a/1", "a/2", "a/3", "b", "c/1", "c/x/2", "d", "e/"]);
     put_keys(&backend, keys).await?;
-    let request = ListRequest {
-        delimiter: Some("/".into()),
-        max_keys: 1,
-        ..Default::default()
-    };
+    let request = ListRequest { delimiter: Some("/".into()), max_keys: 1, ..Default::default() };
     let pages = list_pages(&backend, request.clone()).await?;
     let items: Vec<(Vec<String>, Vec<String>)> = pages
         .iter()
-        .map(|p| {
-            (
-                p.objects.iter().map(|o| o.key.clone()).collect(),
-                p.common_prefixes.clone(),
-            )
-        })
+        .map(|p| (p.objects.iter().map(|o| o.key.clone()).collect(), p.common_prefixes.clone()))
         .collect();
     let none = Vec::<String>::new;
     let expected = vec![
@@ -568,34 +472,18 @@ async fn list_delimiter_pages(backend: DynBackend) -> TestResult {
     ];
     assert_eq!(items, expected);
     for max_keys in [2, 3] {
-        let (objects, prefixes) = list_all(
-            &backend,
-            ListRequest {
-                max_keys,
-                ..request.clone()
-            },
-        )
-        .await?;
-        assert_eq!(
-            (objects, prefixes),
-            (strings(&["b", "d"]), strings(&["a/", "c/", "e/"]))
-        );
+        let (objects, prefixes) = list_all(&backend, ListRequest { max_keys, ..request.clone() }).await?;
+        assert_eq!((objects, prefixes), (strings(&["b", "d"]), strings(&["a/", "c/", "e/"])));
     }
     Ok(())
 }
 
 async fn list_start_after(backend: DynBackend) -> TestResult {
-    let keys: Vec<String> = (0..10)
-        .map(|i| format!("k{i}"))
-        .chain(strings(&["a/1", "a/2", "b"]))
-        .collect();
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).chain(strings(&["a/1", "a/2", "b"])).collect();
     put_keys(&backend, keys).await?;
     let after = |start_after: &str| {
-        let request = ListRequest {
-            prefix: "k".into(),
-            start_after: Some(start_after.into()),
-            ..Default::default()
-        };
+        let request =
+            ListRequest { prefix: "k".into(), start_after: Some(start_after.into()), ..Default::default() };
         let backend = backend.clone();
         async move { Ok::<_, BackendError>(list_all(&backend, request).await?.0) }
     };
@@ -608,19 +496,13 @@ async fn list_start_after(backend: DynBackend) -> TestResult {
 
     // Keys after the start roll up into their common prefix, as S3 does, even where the start
     // lies inside it.
-    let request = ListRequest {
-        delimiter: Some("/".into()),
-        start_after: Some("a/1".into()),
-        ..Default::default()
-    };
+    let request =
+        ListRequest { delimiter: Some("/".into()), start_after: Some("a/1".into()), ..Default::default() };
     let (objects, prefixes) = list_all(&backend, request).await?;
     assert_eq!(prefixes, ["a/"]);
     assert_eq!(objects[0], "b");
-    let request = ListRequest {
-        delimiter: Some("/".into()),
-        start_after: Some("a/2".into()),
-        ..Default::default()
-    };
+    let request =
+        ListRequest { delimiter: Some("/".into()), start_after: Some("a/2".into()), ..Default::default() };
     let (objects, prefixes) = list_all(&backend, request).await?;
     assert_eq!((prefixes.len(), objects.len()), (0, 11));
     Ok(())
@@ -631,56 +513,30 @@ async fn list_pagination(backend: DynBackend) -> TestResult {
     put_keys(&backend, keys.clone()).await?;
     backend.put("other", Bytes::new()).await?;
 
-    let request = ListRequest {
-        prefix: "many/".into(),
-        ..Default::default()
-    };
+    let request = ListRequest { prefix: "many/".into(), ..Default::default() };
     let pages = list_pages(&backend, request.clone()).await?;
     let sizes: Vec<usize> = pages.iter().map(|p| p.objects.len()).collect();
     assert_eq!(sizes, [1000, 1000, 500]);
     assert!(pages[2].next_continuation_token.is_none());
-    let listed: Vec<String> = pages
-        .iter()
-        .flat_map(|p| p.objects.iter().map(|o| o.key.clone()))
-        .collect();
+    let listed: Vec<String> = pages.iter().flat_map(|p| p.objects.iter().map(|o| o.key.clone())).collect();
     assert_eq!(listed, keys);
 
     // max_keys is capped at 1000.
-    let capped = backend
-        .list(&ListRequest {
-            max_keys: 5000,
-            ..request.clone()
-        })
-        .await?;
+    let capped = backend.list(&ListRequest { max_keys: 5000, ..request.clone() }).await?;
     assert_eq!(capped.objects.len(), 1000);
     assert!(capped.next_continuation_token.is_some());
 
-    let small = list_pages(
-        &backend,
-        ListRequest {
-            max_keys: 300,
-            ..request.clone()
-        },
-    )
-    .await?;
+    let small = list_pages(&backend, ListRequest { max_keys: 300, ..request.clone() }).await?;
     assert_eq!(small.len(), 9);
     assert_eq!(small.iter().map(|p| p.objects.len()).sum::<usize>(), 2500);
 
     // A page that ends exactly at the end says there is no more.
-    let exact = backend
-        .list(&ListRequest {
-            prefix: "many/0249".into(),
-            max_keys: 10,
-            ..Default::default()
-        })
-        .await?;
+    let exact =
+        backend.list(&ListRequest { prefix: "many/0249".into(), max_keys: 10, ..Default::default() }).await?;
     assert_eq!(exact.objects.len(), 10);
     assert!(exact.next_continuation_token.is_none());
 
-    let after = ListRequest {
-        start_after: Some("many/01999".into()),
-        ..request
-    };
+    let after = ListRequest { start_after: Some("many/01999".into()), ..request };
     assert_eq!(list_all(&backend, after).await?.0, keys[2000..]);
     Ok(())
 }
@@ -689,12 +545,7 @@ async fn list_metadata_matches_head(backend: DynBackend) -> TestResult {
     for (i, key) in ["m/a", "m/b/c", "m/d"].into_iter().enumerate() {
         backend.put(key, data(i * 1000 + 1, i as u8)).await?;
     }
-    let page = backend
-        .list(&ListRequest {
-            prefix: "m/".into(),
-            ..Default::default()
-        })
-        .await?;
+    let page = backend.list(&ListRequest { prefix: "m/".into(), ..Default::default() }).await?;
     assert_eq!(page.objects.len(), 3);
     for (i, listed) in page.objects.iter().enumerate() {
         let head = backend.head(&listed.key).await?;
@@ -709,22 +560,10 @@ async fn list_metadata_matches_head(backend: DynBackend) -> TestResult {
 async fn empty_bucket(backend: DynBackend) -> TestResult {
     for request in [
         ListRequest::default(),
-        ListRequest {
-            prefix: "p/".into(),
-            delimiter: Some("/".into()),
-            ..Default::default()
-        },
-        ListRequest {
-            start_after: Some("a".into()),
-            max_keys: 1,
-            ..Default::default()
-        },
+        ListRequest { prefix: "p/".into(), delimiter: Some("/".into()), ..Default::default() },
+        ListRequest { start_after: Some("a".into()), max_keys: 1, ..Default::default() },
     ] {
-        assert_eq!(
-            backend.list(&request).await?,
-            ListPage::default(),
-            "{request:?}"
-        );
+        assert_eq!(backend.list(&request).await?, ListPage::default(), "{request:?}");
     }
     Ok(())
 }
@@ -732,18 +571,12 @@ async fn empty_bucket(backend: DynBackend) -> TestResult {
 async fn large_object_streams(backend: DynBackend) -> TestResult {
     let body = data(20 << 20, 7);
     let put = backend.put("large", body.clone()).await?;
-    assert_eq!(
-        (put.size, put.etag.as_str()),
-        (body.len() as u64, md5_hex(&body).as_str())
-    );
+    assert_eq!((put.size, put.etag.as_str()), (body.len() as u64, md5_hex(&body).as_str()));
 
     let got = backend.get("large", None).await?;
     assert_eq!(got.meta.size, body.len() as u64);
     let pieces: Vec<Bytes> = got.body.try_collect().await?;
-    assert!(
-        pieces.len() > 1,
-        "the body comes in pieces, not as one buffer"
-    );
+    assert!(pieces.len() > 1, "the body comes in pieces, not as one buffer");
     assert_eq!(pieces.iter().map(Bytes::len).sum::<usize>(), body.len());
     assert!(pieces.concat() == body, "the body is intact");
 
@@ -783,9 +616,7 @@ mod fs_only {
     #[tokio::test]
     async fn layout_on_disk() -> TestResult {
         let (_dir, backend) = backend();
-        backend
-            .put("nar/Ab.nar", Bytes::from_static(b"data"))
-            .await?;
+        backend.put("nar/Ab.nar", Bytes::from_static(b"data")).await?;
         let file = backend.root().join("nar.d/%41b%2Enar.o");
         let bytes = std::fs::read(&file).expect("object file");
         assert_eq!(&bytes[..8], b"NGFO\x01\0\0\0");
@@ -812,9 +643,7 @@ mod fs_only {
         let (_dir, backend) = backend();
         let tmp = backend.root().join(".tmp");
         let stale = std::fs::File::create(tmp.join("put-stale")).expect("create");
-        stale
-            .set_modified(SystemTime::now() - Duration::from_secs(7200))
-            .expect("set mtime");
+        stale.set_modified(SystemTime::now() - Duration::from_secs(7200)).expect("set mtime");
         std::fs::write(tmp.join("put-recent"), b"x").expect("write");
         FsBackend::new(backend.root().to_path_buf())?;
         assert_eq!(names(&tmp), ["put-recent"]);
@@ -835,9 +664,7 @@ mod fs_only {
     async fn delete_removes_empty_directories() -> TestResult {
         let (_dir, backend) = backend();
         backend.put("x/y/z", Bytes::new()).await?;
-        backend
-            .put(&format!("x/{}", "p".repeat(200)), Bytes::new())
-            .await?;
+        backend.put(&format!("x/{}", "p".repeat(200)), Bytes::new()).await?;
         backend.put("x/w", Bytes::new()).await?;
         backend.delete("x/y/z").await?;
         backend.delete(&format!("x/{}", "p".repeat(200))).await?;
@@ -850,34 +677,17 @@ mod fs_only {
     #[tokio::test]
     async fn a_page_reads_only_its_own_objects() -> TestResult {
         let (_dir, backend) = backend();
-        put_keys(
-            &(backend.clone() as DynBackend),
-            (0..20).map(|i| format!("k{i:02}")),
-        )
-        .await?;
+        put_keys(&(backend.clone() as DynBackend), (0..20).map(|i| format!("k{i:02}"))).await?;
         // Damage every object after the first two: a page of two must not read them.
         for i in 2..20 {
             std::fs::write(backend.root().join(format!("k{i:02}.o")), b"garbage").expect("write");
         }
-        let page = backend
-            .list(&ListRequest {
-                max_keys: 2,
-                ..Default::default()
-            })
-            .await?;
+        let page = backend.list(&ListRequest { max_keys: 2, ..Default::default() }).await?;
         assert_eq!(page.objects.len(), 2);
         assert!(page.next_continuation_token.is_some());
-        let err = backend
-            .list(&ListRequest {
-                max_keys: 3,
-                ..Default::default()
-            })
-            .await;
+        let err = backend.list(&ListRequest { max_keys: 3, ..Default::default() }).await;
         assert!(matches!(err, Err(BackendError::Io { .. })), "{err:?}");
-        assert!(matches!(
-            backend.head("k05").await,
-            Err(BackendError::Io { .. })
-        ));
+        assert!(matches!(backend.head("k05").await, Err(BackendError::Io { .. })));
         Ok(())
     }
 
@@ -915,9 +725,7 @@ mod fs_only {
             assert_eq!(get_bytes(&*backend, key).await?, key.as_bytes());
         }
         assert_eq!(
-            list_all(&(backend.clone() as DynBackend), ListRequest::default())
-                .await?
-                .0,
+            list_all(&(backend.clone() as DynBackend), ListRequest::default()).await?.0,
             sorted(&keys)
         );
         Ok(())
@@ -926,10 +734,7 @@ mod fs_only {
     #[tokio::test]
     async fn bad_continuation_tokens_are_refused() {
         let (_dir, backend) = backend();
-        let request = ListRequest {
-            continuation_token: Some("garbage".into()),
-            ..Default::default()
-        };
+        let request = ListRequest { continuation_token: Some("garbage".into()), ..Default::default() };
         assert!(backend.list(&request).await.is_err());
     }
 }
@@ -948,13 +753,8 @@ mod s3_only {
     async fn key_prefix() -> TestResult {
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
         let bucket = garage.create_bucket().await;
-        let whole = S3Backend::new(garage.config(&bucket))
-            .await
-            .expect("backend");
-        let config = S3Config {
-            prefix: Some("nargate/".into()),
-            ..garage.config(&bucket)
-        };
+        let whole = S3Backend::new(garage.config(&bucket)).await.expect("backend");
+        let config = S3Config { prefix: Some("nargate/".into()), ..garage.config(&bucket) };
         let prefixed: DynBackend = Arc::new(S3Backend::new(config).await.expect("backend"));
 
         whole.put("outside", Bytes::new()).await?;
@@ -966,22 +766,14 @@ mod s3_only {
         assert!(is_not_found(prefixed.head("outside").await));
 
         assert_eq!(keys_under(&prefixed, "").await?, ["a/b", "c"]);
-        let request = ListRequest {
-            delimiter: Some("/".into()),
-            start_after: Some("a".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            list_all(&prefixed, request).await?,
-            (strings(&["c"]), strings(&["a/"]))
-        );
+        let request =
+            ListRequest { delimiter: Some("/".into()), start_after: Some("a".into()), ..Default::default() };
+        assert_eq!(list_all(&prefixed, request).await?, (strings(&["c"]), strings(&["a/"])));
 
         // The prefix counts towards the limit.
         let longest = "k".repeat(MAX_KEY_LEN - "nargate/".len());
         prefixed.put(&longest, Bytes::new()).await?;
-        assert!(is_invalid_key(
-            prefixed.put(&format!("{longest}k"), Bytes::new()).await
-        ));
+        assert!(is_invalid_key(prefixed.put(&format!("{longest}k"), Bytes::new()).await));
         prefixed.delete("c").await?;
         assert!(is_not_found(whole.head("nargate/c").await));
         Ok(())
@@ -990,13 +782,10 @@ mod s3_only {
     #[tokio::test]
     async fn a_missing_bucket_is_not_a_missing_key() {
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
-        let backend = S3Backend::new(garage.config("no-such-bucket"))
-            .await
-            .expect("backend");
-        for result in [
-            backend.get("k", None).await.map(|_| ()),
-            backend.put("k", Bytes::new()).await.map(|_| ()),
-        ] {
+        let backend = S3Backend::new(garage.config("no-such-bucket")).await.expect("backend");
+        for result in
+            [backend.get("k", None).await.map(|_| ()), backend.put("k", Bytes::new()).await.map(|_| ())]
+        {
             match result {
                 Err(BackendError::Remote { message, .. }) => {
                     assert!(message.contains("NoSuchBucket"), "{message}")
@@ -1004,10 +793,7 @@ mod s3_only {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(matches!(
-            backend.list(&ListRequest::default()).await,
-            Err(BackendError::Remote { .. })
-        ));
+        assert!(matches!(backend.list(&ListRequest::default()).await, Err(BackendError::Remote { .. })));
     }
 
     #[tokio::test]
@@ -1016,18 +802,12 @@ mod s3_only {
         backend.put("k", Bytes::new()).await?;
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
         let bucket = garage.create_bucket().await;
-        let config = S3Config {
-            secret_access_key: Some("0".repeat(64)),
-            ..garage.config(&bucket)
-        };
+        let config = S3Config { secret_access_key: Some("0".repeat(64)), ..garage.config(&bucket) };
         let wrong = S3Backend::new(config).await.expect("backend");
         match wrong.get("k", None).await {
-            Err(BackendError::Remote {
-                op: "GET", message, ..
-            }) => assert!(
-                message.contains("403") || message.contains("Access"),
-                "{message}"
-            ),
+            Err(BackendError::Remote { op: "GET", message, .. }) => {
+                assert!(message.contains("403") || message.contains("Access"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         Ok(())
@@ -1035,11 +815,8 @@ mod s3_only {
 
     #[tokio::test]
     async fn an_unreachable_endpoint_fails_after_retries() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let config = S3Config {
             endpoint: Some(format!("http://127.0.0.1:{port}")),
             bucket: "b".into(),
@@ -1051,11 +828,7 @@ mod s3_only {
         };
         let backend = S3Backend::new(config).await.expect("backend");
         match backend.head("k").await {
-            Err(BackendError::Remote {
-                op: "HEAD",
-                key,
-                message,
-            }) => {
+            Err(BackendError::Remote { op: "HEAD", key, message }) => {
                 assert_eq!(key, "k");
                 assert!(message.to_lowercase().contains("connect"), "{message}");
             }

@@ -21,15 +21,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 /// The seven caches, one per compression Nix 2.8 writes (but lzip).
-const CACHES: [&str; 7] = [
-    "cache-none",
-    "cache-xz",
-    "cache-zstd",
-    "cache-bzip2",
-    "cache-br",
-    "cache-lz4",
-    "cache-gzip",
-];
+const CACHES: [&str; 7] =
+    ["cache-none", "cache-xz", "cache-zstd", "cache-bzip2", "cache-br", "cache-lz4", "cache-gzip"];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -50,9 +43,7 @@ fn index() -> Vec<IndexedNar> {
         .lines()
         .map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            let [path, nar_hash, nar_size] = fields[..] else {
-                panic!("bad INDEX line {line:?}")
-            };
+            let [path, nar_hash, nar_size] = fields[..] else { panic!("bad INDEX line {line:?}") };
             let store_path = StorePath::parse(path).unwrap();
             let bytes = std::fs::read(dir.join(format!("{}.nar", store_path.base_name()))).unwrap();
             IndexedNar {
@@ -88,10 +79,7 @@ fn public_key() -> PublicKey {
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(future)
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
 }
 
 /// An [`AsyncRead`] that yields one byte per read, and is not ready every other poll.
@@ -147,11 +135,7 @@ fn every_nar_parses_and_rewrites_to_the_same_bytes() {
 fn every_nar_reads_one_byte_at_a_time() {
     for nar in index() {
         let expected = block_on(read_nar_tree(&nar.bytes[..])).unwrap();
-        let trickled = block_on(read_nar_tree(Trickle {
-            inner: &nar.bytes[..],
-            pending: false,
-        }))
-        .unwrap();
+        let trickled = block_on(read_nar_tree(Trickle { inner: &nar.bytes[..], pending: false })).unwrap();
         assert_eq!(trickled, expected, "{}", nar.store_path);
     }
 }
@@ -189,9 +173,7 @@ fn content_stream(node: &NarNode, out: &mut Vec<u8>) {
     match node {
         NarNode::File { contents, .. } => out.extend_from_slice(contents),
         NarNode::Symlink { .. } => {}
-        NarNode::Directory(entries) => entries
-            .iter()
-            .for_each(|(_, node)| content_stream(node, out)),
+        NarNode::Directory(entries) => entries.iter().for_each(|(_, node)| content_stream(node, out)),
     }
 }
 
@@ -210,10 +192,7 @@ fn streaming_reader_sees_every_content_byte() {
 
 #[test]
 fn hello_has_every_node_kind() {
-    let nar = index()
-        .into_iter()
-        .find(|n| n.store_path.name() == "hello")
-        .unwrap();
+    let nar = index().into_iter().find(|n| n.store_path.name() == "hello").unwrap();
     let tree = block_on(read_nar_tree(&nar.bytes[..])).unwrap();
 
     #[derive(Default, Debug)]
@@ -231,10 +210,7 @@ fn hello_has_every_node_kind() {
     fn walk(node: &NarNode, depth: usize, seen: &mut Seen) {
         seen.max_depth = seen.max_depth.max(depth);
         match node {
-            NarNode::File {
-                executable,
-                contents,
-            } => {
+            NarNode::File { executable, contents } => {
                 seen.executable |= *executable;
                 seen.plain |= !*executable;
                 seen.empty_file |= contents.is_empty();
@@ -254,24 +230,10 @@ fn hello_has_every_node_kind() {
     }
     let mut seen = Seen::default();
     walk(&tree, 0, &mut seen);
-    let Seen {
-        executable,
-        plain,
-        empty_file,
-        sizes_8_and_9,
-        symlink,
-        empty_dir,
-        ..
-    } = seen;
-    assert!(
-        executable && plain && empty_file && symlink && empty_dir,
-        "{seen:?}"
-    );
+    let Seen { executable, plain, empty_file, sizes_8_and_9, symlink, empty_dir, .. } = seen;
+    assert!(executable && plain && empty_file && symlink && empty_dir, "{seen:?}");
     assert_eq!(sizes_8_and_9, (true, true));
-    assert!(
-        seen.non_ascii_name_with_space && seen.large_file,
-        "{seen:?}"
-    );
+    assert!(seen.non_ascii_name_with_space && seen.large_file, "{seen:?}");
     assert!(seen.max_depth >= 10, "{seen:?}");
 }
 
@@ -282,10 +244,7 @@ fn narinfos_render_byte_identically() {
             let info = NarInfo::parse(&text).unwrap_or_else(|e| panic!("{cache}/{file}: {e}"));
             assert_eq!(info.render(), text, "{cache}/{file}");
             assert_eq!(format!("{}.narinfo", info.store_path.hash_part()), file);
-            assert!(
-                info.extra.is_empty(),
-                "{cache}/{file}: Nix 2.8 writes no unknown fields"
-            );
+            assert!(info.extra.is_empty(), "{cache}/{file}: Nix 2.8 writes no unknown fields");
         }
     }
 }
@@ -296,29 +255,15 @@ fn narinfos_agree_with_the_index_and_the_files() {
     for cache in CACHES {
         for (file, text) in narinfos(cache) {
             let info = NarInfo::parse(&text).unwrap();
-            let nar = index
-                .iter()
-                .find(|n| n.store_path == info.store_path)
-                .unwrap();
+            let nar = index.iter().find(|n| n.store_path == info.store_path).unwrap();
             assert_eq!(info.nar_hash, nar.nar_hash, "{cache}/{file}");
             assert_eq!(info.nar_size, nar.nar_size, "{cache}/{file}");
             let compressed = std::fs::read(fixtures().join(cache).join(&info.url)).unwrap();
-            assert_eq!(
-                info.file_size,
-                Some(compressed.len() as u64),
-                "{cache}/{file}"
-            );
+            assert_eq!(info.file_size, Some(compressed.len() as u64), "{cache}/{file}");
             let file_hash: [u8; 32] = Sha256::digest(&compressed).into();
-            assert_eq!(
-                info.file_hash,
-                Some(format_sha256(&file_hash)),
-                "{cache}/{file}"
-            );
+            assert_eq!(info.file_hash, Some(format_sha256(&file_hash)), "{cache}/{file}");
             for reference in info.reference_paths().unwrap() {
-                assert!(
-                    index.iter().any(|n| n.store_path == reference),
-                    "{reference}"
-                );
+                assert!(index.iter().any(|n| n.store_path == reference), "{reference}");
             }
         }
     }
@@ -346,15 +291,9 @@ fn compressed_nars_stream_through_the_reader() {
         for (file, text) in narinfos(cache) {
             let info = NarInfo::parse(&text).unwrap();
             let compressed = std::fs::read(fixtures().join(cache).join(&info.url)).unwrap();
-            let nar = index
-                .iter()
-                .find(|n| n.store_path == info.store_path)
-                .unwrap();
-            let tree = block_on(read_nar_tree(decoder(
-                info.compression_or_default(),
-                &compressed,
-            )))
-            .unwrap_or_else(|e| panic!("{cache}/{file}: {e}"));
+            let nar = index.iter().find(|n| n.store_path == info.store_path).unwrap();
+            let tree = block_on(read_nar_tree(decoder(info.compression_or_default(), &compressed)))
+                .unwrap_or_else(|e| panic!("{cache}/{file}: {e}"));
             assert_eq!(write_nar(&tree).unwrap(), nar.bytes, "{cache}/{file}");
         }
     }
@@ -368,10 +307,7 @@ fn every_signature_verifies_with_the_fixture_key() {
         for (file, text) in narinfos(cache) {
             let info = NarInfo::parse(&text).unwrap();
             assert_eq!(info.sigs.len(), 1, "{cache}/{file}");
-            assert!(
-                verify_narinfo(&info, std::slice::from_ref(&key)),
-                "{cache}/{file}"
-            );
+            assert!(verify_narinfo(&info, std::slice::from_ref(&key)), "{cache}/{file}");
             assert!(key.verify(&info.fingerprint().unwrap(), &info.sigs[0]));
             if info.references.len() >= 3 {
                 with_references += 1;
@@ -379,11 +315,7 @@ fn every_signature_verifies_with_the_fixture_key() {
             }
         }
     }
-    assert_eq!(
-        with_references,
-        CACHES.len(),
-        "each cache has the `-app` narinfo"
-    );
+    assert_eq!(with_references, CACHES.len(), "each cache has the `-app` narinfo");
 }
 
 #[test]
@@ -395,23 +327,11 @@ fn fingerprint_has_nix_form() {
         .unwrap();
     let fingerprint = info.fingerprint().unwrap();
     let parts: Vec<&str> = fingerprint.split(';').collect();
-    assert_eq!(
-        parts[..4],
-        [
-            "1",
-            &info.store_path.to_string(),
-            &info.nar_hash,
-            &info.nar_size.to_string()
-        ]
-    );
+    assert_eq!(parts[..4], ["1", &info.store_path.to_string(), &info.nar_hash, &info.nar_size.to_string()]);
     let references: Vec<&str> = parts[4].split(',').collect();
     assert_eq!(references.len(), info.references.len());
     assert!(references.is_sorted());
-    assert!(
-        references
-            .iter()
-            .all(|r| r.starts_with(&format!("{STORE_DIR}/")))
-    );
+    assert!(references.iter().all(|r| r.starts_with(&format!("{STORE_DIR}/"))));
 }
 
 #[test]
@@ -445,17 +365,11 @@ fn tampered_narinfos_fail_verification() {
         t.sigs[0] = format!("{name}:{}", STANDARD.encode(bytes));
         tampered.push(t);
         for t in tampered {
-            assert!(
-                !verify_narinfo(&t, std::slice::from_ref(&key)),
-                "{file}: {t:?}"
-            );
+            assert!(!verify_narinfo(&t, std::slice::from_ref(&key)), "{file}: {t:?}");
         }
         // Re-rendered text that was edited does not verify either.
         let edited = text.replace(&format!("NarSize: {}", info.nar_size), "NarSize: 1");
-        assert!(!verify_narinfo(
-            &NarInfo::parse(&edited).unwrap(),
-            std::slice::from_ref(&key)
-        ));
+        assert!(!verify_narinfo(&NarInfo::parse(&edited).unwrap(), std::slice::from_ref(&key)));
     }
 }
 
@@ -485,21 +399,12 @@ fn content_addressed_paths_recompute() {
     for (file, text) in narinfos("cache-none") {
         let info = NarInfo::parse(&text).unwrap();
         let Some(ca) = &info.ca else { continue };
-        let hash = ca
-            .strip_prefix("fixed:r:")
-            .expect("the fixtures' CA paths are fixed:r:sha256");
+        let hash = ca.strip_prefix("fixed:r:").expect("the fixtures' CA paths are fixed:r:sha256");
         let digest = parse_sha256(hash).unwrap();
-        assert_eq!(
-            fixed_recursive_sha256_path(&digest, info.store_path.name()),
-            info.store_path,
-            "{file}"
-        );
+        assert_eq!(fixed_recursive_sha256_path(&digest, info.store_path.name()), info.store_path, "{file}");
         checked += 1;
     }
-    assert!(
-        checked >= 2,
-        "single-file and single-symlink are content-addressed"
-    );
+    assert!(checked >= 2, "single-file and single-symlink are content-addressed");
 }
 
 #[test]

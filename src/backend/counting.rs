@@ -57,10 +57,7 @@ impl RequestCounts {
 impl<B: Backend> CountingBackend<B> {
     /// Wraps `inner`, with no requests recorded yet.
     pub fn new(inner: B) -> Self {
-        CountingBackend {
-            inner,
-            log: Mutex::new(Vec::new()),
-        }
+        CountingBackend { inner, log: Mutex::new(Vec::new()) }
     }
 
     /// The backend this one passes requests on to.
@@ -91,10 +88,7 @@ impl<B: Backend> CountingBackend<B> {
     /// How many requests of kind `op` there were on keys starting with `prefix` (for LIST: with a
     /// request prefix starting with it).
     pub fn count_with_prefix(&self, op: Op, prefix: &str) -> u64 {
-        self.lock()
-            .iter()
-            .filter(|(o, key)| *o == op && key.starts_with(prefix))
-            .count() as u64
+        self.lock().iter().filter(|(o, key)| *o == op && key.starts_with(prefix)).count() as u64
     }
 
     /// How many GETs there were of keys starting with `prefix` (e.g. `chunks/`).
@@ -113,9 +107,7 @@ impl<B: Backend> CountingBackend<B> {
 
     fn lock(&self) -> MutexGuard<'_, Vec<(Op, String)>> {
         // The log stays consistent even if a holder panicked: every push is whole.
-        self.log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -156,10 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_every_kind_of_request() -> Result<(), BackendError> {
-        let dir = tempfile::tempdir().map_err(|source| BackendError::Io {
-            key: String::new(),
-            source,
-        })?;
+        let dir = tempfile::tempdir().map_err(|source| BackendError::Io { key: String::new(), source })?;
         let inner: DynBackend = Arc::new(FsBackend::new(dir.path().into())?);
         let counting = Arc::new(CountingBackend::new(inner));
         let backend: DynBackend = counting.clone();
@@ -169,26 +158,12 @@ mod tests {
         get_bytes(&*backend, "chunks/a").await?;
         backend.get("chunks/a", Some(0..1)).await?;
         get_bytes(&*backend, "nars/b").await?;
-        assert!(
-            backend.get("chunks/missing", None).await.is_err(),
-            "failed requests count too"
-        );
+        assert!(backend.get("chunks/missing", None).await.is_err(), "failed requests count too");
         backend.head("nars/b").await?;
-        backend
-            .list(&ListRequest {
-                prefix: "chunks/".into(),
-                ..Default::default()
-            })
-            .await?;
+        backend.list(&ListRequest { prefix: "chunks/".into(), ..Default::default() }).await?;
         backend.delete("nars/b").await?;
 
-        let expected = RequestCounts {
-            get: 4,
-            put: 2,
-            head: 1,
-            list: 1,
-            delete: 1,
-        };
+        let expected = RequestCounts { get: 4, put: 2, head: 1, list: 1, delete: 1 };
         assert_eq!(counting.counts(), expected);
         assert_eq!(counting.counts().total(), 9);
         assert_eq!(counting.gets_with_prefix("chunks/"), 3);

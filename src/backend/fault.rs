@@ -52,10 +52,7 @@ struct Faults {
 impl<B: Backend> FaultyBackend<B> {
     /// Wraps `inner`, injecting no faults until told to.
     pub fn new(inner: B) -> Self {
-        FaultyBackend {
-            inner,
-            faults: Mutex::new(Faults::default()),
-        }
+        FaultyBackend { inner, faults: Mutex::new(Faults::default()) }
     }
 
     /// The backend this one passes requests on to.
@@ -109,10 +106,8 @@ impl<B: Backend> FaultyBackend<B> {
             tokio::time::sleep(latency).await;
         }
         let mut faults = self.lock();
-        let mut fail = faults
-            .fail
-            .iter()
-            .any(|(o, prefix)| o.is_none_or(|o| o == op) && key.starts_with(prefix));
+        let mut fail =
+            faults.fail.iter().any(|(o, prefix)| o.is_none_or(|o| o == op) && key.starts_with(prefix));
         if op == Op::Put
             && let Some(left) = faults.puts_before_failure
         {
@@ -120,19 +115,14 @@ impl<B: Backend> FaultyBackend<B> {
             fail |= left == 0;
         }
         match fail {
-            true => Err(BackendError::Injected {
-                op: op.as_str(),
-                key: key.to_owned(),
-            }),
+            true => Err(BackendError::Injected { op: op.as_str(), key: key.to_owned() }),
             false => Ok(()),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Faults> {
         // Faults are plain values, consistent even if a holder panicked.
-        self.faults
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -144,8 +134,7 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         let len = result.range.end - result.range.start;
         let (corrupt, truncate) = {
             let faults = self.lock();
-            let matches =
-                |prefixes: &[String]| prefixes.iter().any(|p| key.starts_with(p.as_str()));
+            let matches = |prefixes: &[String]| prefixes.iter().any(|p| key.starts_with(p.as_str()));
             (matches(&faults.corrupt), matches(&faults.truncate))
         };
         if corrupt && len > 0 {
@@ -203,11 +192,7 @@ fn take_bytes(body: Body, limit: u64) -> Body {
             return future::ready(None);
         }
         let item = item.map(|mut chunk| {
-            chunk.truncate(
-                chunk
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX)),
-            );
+            chunk.truncate(chunk.len().min(usize::try_from(*left).unwrap_or(usize::MAX)));
             *left -= chunk.len() as u64;
             chunk
         });
@@ -242,12 +227,7 @@ mod tests {
         assert!(is_injected(backend.head("chunks/a").await));
         assert!(is_injected(backend.delete("chunks/a").await));
         assert!(is_injected(
-            backend
-                .list(&ListRequest {
-                    prefix: "chunks/x".into(),
-                    ..Default::default()
-                })
-                .await
+            backend.list(&ListRequest { prefix: "chunks/x".into(), ..Default::default() }).await
         ));
         backend.put("nars/a", Bytes::from_static(b"a")).await?;
         backend.clear();
@@ -284,28 +264,13 @@ mod tests {
         let differing: Vec<usize> = (0..data.len()).filter(|&i| got[i] != data[i]).collect();
         assert_eq!(differing, [128]);
         let ranged = backend.get("chunks/x", Some(10..20)).await?.bytes().await?;
-        assert_eq!(
-            ranged
-                .iter()
-                .zip(&data[10..20])
-                .filter(|(a, b)| a != b)
-                .count(),
-            1
-        );
-        assert_eq!(
-            get_bytes(&backend, "other").await?,
-            data,
-            "other keys are untouched"
-        );
+        assert_eq!(ranged.iter().zip(&data[10..20]).filter(|(a, b)| a != b).count(), 1);
+        assert_eq!(get_bytes(&backend, "other").await?, data, "other keys are untouched");
         backend.clear();
 
         backend.truncate_gets("chunks/");
         let result = backend.get("chunks/x", None).await?;
-        assert_eq!(
-            result.range,
-            0..256,
-            "the range still claims the whole object"
-        );
+        assert_eq!(result.range, 0..256, "the range still claims the whole object");
         assert_eq!(result.bytes().await?, data.slice(..128));
         Ok(())
     }
@@ -315,10 +280,7 @@ mod tests {
         let (_dir, backend) = faulty();
         backend.set_latency(Duration::from_millis(50));
         let start = Instant::now();
-        assert!(matches!(
-            backend.head("missing").await,
-            Err(BackendError::NotFound { .. })
-        ));
+        assert!(matches!(backend.head("missing").await, Err(BackendError::NotFound { .. })));
         assert!(start.elapsed() >= Duration::from_millis(50));
         Ok(())
     }

@@ -58,8 +58,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::{
-    Backend, BackendError, GetResult, ListPage, ListRequest, ObjectMeta, resolve_range,
-    validate_key,
+    Backend, BackendError, GetResult, ListPage, ListRequest, ObjectMeta, resolve_range, validate_key,
 };
 
 /// The length in bytes of the header before an object's data.
@@ -96,10 +95,7 @@ impl FsBackend {
     /// Opens (creating it if needed) a backend rooted at `root`, and removes temporary files
     /// that writes interrupted at least an hour ago left behind.
     pub fn new(root: PathBuf) -> Result<Self, BackendError> {
-        let io_err = |source| BackendError::Io {
-            key: root.display().to_string(),
-            source,
-        };
+        let io_err = |source| BackendError::Io { key: root.display().to_string(), source };
         fs::create_dir_all(root.join(TMP_DIR)).map_err(io_err)?;
         remove_stale_tmp(&root.join(TMP_DIR));
         Ok(FsBackend { root })
@@ -119,10 +115,7 @@ impl FsBackend {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || work(&root))
             .await
-            .map_err(|e| BackendError::Io {
-                key: key.to_owned(),
-                source: io::Error::other(e),
-            })?
+            .map_err(|e| BackendError::Io { key: key.to_owned(), source: io::Error::other(e) })?
     }
 }
 
@@ -131,23 +124,15 @@ impl Backend for FsBackend {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        let (file, meta) = self
-            .blocking(key, move |root| open_object(root, &owned))
-            .await?;
+        let (file, meta) = self.blocking(key, move |root| open_object(root, &owned)).await?;
         let range = resolve_range(key, range, meta.size)?;
         let mut file = tokio::fs::File::from_std(file);
         file.seek(SeekFrom::Start(HEADER_LEN + range.start))
             .await
-            .map_err(|source| BackendError::Io {
-                key: key.to_owned(),
-                source,
-            })?;
+            .map_err(|source| BackendError::Io { key: key.to_owned(), source })?;
         let owned = key.to_owned();
         let body = ReaderStream::with_capacity(file.take(range.end - range.start), READ_BUF)
-            .map_err(move |source| BackendError::Io {
-                key: owned.clone(),
-                source,
-            })
+            .map_err(move |source| BackendError::Io { key: owned.clone(), source })
             .boxed();
         Ok(GetResult { meta, range, body })
     }
@@ -155,30 +140,24 @@ impl Backend for FsBackend {
     async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        self.blocking(key, move |root| write_object(root, &owned, &body))
-            .await
+        self.blocking(key, move |root| write_object(root, &owned, &body)).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        self.blocking(key, move |root| {
-            open_object(root, &owned).map(|(_, meta)| meta)
-        })
-        .await
+        self.blocking(key, move |root| open_object(root, &owned).map(|(_, meta)| meta)).await
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
         let owned = request.clone();
-        self.blocking(&request.prefix, move |root| list_page(root, &owned))
-            .await
+        self.blocking(&request.prefix, move |root| list_page(root, &owned)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        self.blocking(key, move |root| delete_object(root, &owned))
-            .await
+        self.blocking(key, move |root| delete_object(root, &owned)).await
     }
 }
 
@@ -275,11 +254,7 @@ fn key_path(key: &str) -> PathBuf {
             path.push(encode_name(&rest[..PIECE_LEN], Kind::Piece));
             rest = &rest[PIECE_LEN..];
         }
-        let kind = if components.peek().is_some() {
-            Kind::Dir
-        } else {
-            Kind::Object
-        };
+        let kind = if components.peek().is_some() { Kind::Dir } else { Kind::Object };
         path.push(encode_name(rest, kind));
     }
     path
@@ -307,18 +282,10 @@ fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Option<[u8; 16]> {
 
 /// The error for a missing object, or an I/O error.
 fn not_found_or_io(key: &str, source: io::Error) -> BackendError {
-    if matches!(
-        source.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    ) {
-        BackendError::NotFound {
-            key: key.to_owned(),
-        }
+    if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) {
+        BackendError::NotFound { key: key.to_owned() }
     } else {
-        BackendError::Io {
-            key: key.to_owned(),
-            source,
-        }
+        BackendError::Io { key: key.to_owned(), source }
     }
 }
 
@@ -331,10 +298,7 @@ fn open_object(root: &Path, key: &str) -> Result<(File, ObjectMeta), BackendErro
 
 /// Reads the metadata of an open object file from its header and the file's size and mtime.
 fn read_meta(file: &mut File, key: &str) -> Result<ObjectMeta, BackendError> {
-    let io_err = |source| BackendError::Io {
-        key: key.to_owned(),
-        source,
-    };
+    let io_err = |source| BackendError::Io { key: key.to_owned(), source };
     let stat = file.metadata().map_err(io_err)?;
     let mut header = [0u8; HEADER_LEN as usize];
     let md5 = match file.read_exact(&mut header) {
@@ -356,23 +320,13 @@ fn read_meta(file: &mut File, key: &str) -> Result<ObjectMeta, BackendError> {
 
 /// Writes `key`'s object file atomically and durably.
 fn write_object(root: &Path, key: &str, body: &[u8]) -> Result<ObjectMeta, BackendError> {
-    let io_err = |source| BackendError::Io {
-        key: key.to_owned(),
-        source,
-    };
+    let io_err = |source| BackendError::Io { key: key.to_owned(), source };
     let md5: [u8; 16] = Md5::digest(body).into();
-    let mut tmp = tempfile::Builder::new()
-        .prefix("put-")
-        .tempfile_in(root.join(TMP_DIR))
-        .map_err(io_err)?;
+    let mut tmp = tempfile::Builder::new().prefix("put-").tempfile_in(root.join(TMP_DIR)).map_err(io_err)?;
     tmp.write_all(&encode_header(&md5)).map_err(io_err)?;
     tmp.write_all(body).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
-    let last_modified = tmp
-        .as_file()
-        .metadata()
-        .and_then(|m| m.modified())
-        .map_err(io_err)?;
+    let last_modified = tmp.as_file().metadata().and_then(|m| m.modified()).map_err(io_err)?;
 
     let rel = key_path(key);
     let target = root.join(&rel);
@@ -401,12 +355,7 @@ fn write_object(root: &Path, key: &str, body: &[u8]) -> Result<ObjectMeta, Backe
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         result => result.map_err(io_err)?,
     }
-    Ok(ObjectMeta {
-        key: key.to_owned(),
-        size: body.len() as u64,
-        etag: hex::encode(md5),
-        last_modified,
-    })
+    Ok(ObjectMeta { key: key.to_owned(), size: body.len() as u64, etag: hex::encode(md5), last_modified })
 }
 
 /// Creates the directories of `rel` under `root` that are missing, each durably.
@@ -460,8 +409,7 @@ fn remove_stale_tmp(tmp_dir: &Path) {
     let now = SystemTime::now();
     for entry in entries.flatten() {
         let modified = entry.metadata().and_then(|m| m.modified());
-        let stale =
-            modified.is_ok_and(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP_AGE);
+        let stale = modified.is_ok_and(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP_AGE);
         if stale && let Err(e) = fs::remove_file(entry.path()) {
             tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove stale temporary file");
         }
@@ -519,9 +467,7 @@ fn list_page(root: &Path, request: &ListRequest) -> Result<ListPage, BackendErro
     let (after, skip) = match resume {
         Resume::Start => (None, None),
         Resume::AfterKey(key) => (Some(key.into_bytes()), None),
-        Resume::AfterPrefix(prefix) => {
-            (Some(prefix.clone().into_bytes()), Some(prefix.into_bytes()))
-        }
+        Resume::AfterPrefix(prefix) => (Some(prefix.clone().into_bytes()), Some(prefix.into_bytes())),
     };
     let mut walk = Walk {
         prefix: request.prefix.as_bytes(),
@@ -593,11 +539,8 @@ impl Walk<'_> {
         }
         if let Some(after) = &self.after {
             let (start, after) = (start.as_slice(), after.as_slice());
-            let all_before = if is_object {
-                start <= after
-            } else {
-                start < after && !after.starts_with(start)
-            };
+            let all_before =
+                if is_object { start <= after } else { start < after && !after.starts_with(start) };
             if all_before {
                 return Ok(Some(Flow::Continue));
             }
@@ -622,10 +565,8 @@ impl Walk<'_> {
             key.get(..self.prefix.len() + at + d.len())
         });
         if self.is_full() {
-            self.page.next_continuation_token = self
-                .last
-                .as_ref()
-                .map(|(last, is_prefix)| encode_token(last, *is_prefix));
+            self.page.next_continuation_token =
+                self.last.as_ref().map(|(last, is_prefix)| encode_token(last, *is_prefix));
             return Ok(Flow::Full);
         }
         if let Some(common_prefix) = rolled_up {
@@ -639,10 +580,7 @@ impl Walk<'_> {
             // Deleted since we read the directory.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Flow::Continue),
             Err(source) => {
-                return Err(BackendError::Io {
-                    key: key.to_owned(),
-                    source,
-                });
+                return Err(BackendError::Io { key: key.to_owned(), source });
             }
         };
         self.page.objects.push(read_meta(&mut file, key)?);
@@ -657,10 +595,7 @@ impl Walk<'_> {
 
 /// The children of `dir` that this backend wrote, in the byte order of the keys they hold.
 fn sorted_children(dir: &Path, base: &[u8]) -> Result<Vec<Child>, BackendError> {
-    let io_err = |source| BackendError::Io {
-        key: String::from_utf8_lossy(base).into_owned(),
-        source,
-    };
+    let io_err = |source| BackendError::Io { key: String::from_utf8_lossy(base).into_owned(), source };
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         // Removed by a concurrent DELETE since its parent was read.
@@ -712,19 +647,10 @@ mod tests {
     fn long_components_are_cut_into_pieces() {
         let piece = "x".repeat(PIECE_LEN);
         let p = format!("{piece}.p");
-        assert_eq!(
-            key_path(&"x".repeat(PIECE_LEN - 1)),
-            PathBuf::from(format!("{}.o", &piece[1..]))
-        );
+        assert_eq!(key_path(&"x".repeat(PIECE_LEN - 1)), PathBuf::from(format!("{}.o", &piece[1..])));
         assert_eq!(key_path(&piece), PathBuf::from(format!("{p}/.o")));
-        assert_eq!(
-            key_path(&format!("{piece}xy/z")),
-            PathBuf::from(format!("{p}/xy.d/z.o"))
-        );
-        assert_eq!(
-            key_path(&"x".repeat(2 * PIECE_LEN + 1)),
-            PathBuf::from(format!("{p}/{p}/x.o"))
-        );
+        assert_eq!(key_path(&format!("{piece}xy/z")), PathBuf::from(format!("{p}/xy.d/z.o")));
+        assert_eq!(key_path(&"x".repeat(2 * PIECE_LEN + 1)), PathBuf::from(format!("{p}/{p}/x.o")));
         // The longest name: a piece of bytes that all need escaping.
         let name = encode_name(&[0xff; PIECE_LEN], Kind::Piece);
         assert!(name.len() <= 255, "{}", name.len());
@@ -732,17 +658,12 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_foreign_names_are_refused() {
-        for (part, kind) in [
-            (&b"a.B %"[..], Kind::Object),
-            (b"", Kind::Dir),
-            (&[7; PIECE_LEN], Kind::Piece),
-        ] {
+        for (part, kind) in [(&b"a.B %"[..], Kind::Object), (b"", Kind::Dir), (&[7; PIECE_LEN], Kind::Piece)]
+        {
             let name = encode_name(part, kind);
             assert_eq!(decode_name(OsStr::new(&name)), Some((part.to_vec(), kind)));
         }
-        for name in [
-            ".tmp", "a", "a.x", "A.o", "%2e.o", "%4.o", "a.b.o", "x.p", "a%2Fb.o", "put-123",
-        ] {
+        for name in [".tmp", "a", "a.x", "A.o", "%2e.o", "%4.o", "a.b.o", "x.p", "a%2Fb.o", "put-123"] {
             assert_eq!(decode_name(OsStr::new(name)), None, "{name}");
         }
     }
@@ -751,10 +672,7 @@ mod tests {
     fn header_is_pinned() {
         let md5: [u8; 16] = Md5::digest(b"hello").into();
         let header = encode_header(&md5);
-        assert_eq!(
-            hex::encode(header),
-            "4e47464f010000005d41402abc4b2a76b9719d911017c592"
-        );
+        assert_eq!(hex::encode(header), "4e47464f010000005d41402abc4b2a76b9719d911017c592");
         assert_eq!(decode_header(&header), Some(md5));
         let mut bad = header;
         bad[4] = 2;
@@ -763,12 +681,8 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        assert!(
-            matches!(decode_token(&encode_token("a/b", false)), Ok(Resume::AfterKey(k)) if k == "a/b")
-        );
-        assert!(
-            matches!(decode_token(&encode_token("a/", true)), Ok(Resume::AfterPrefix(p)) if p == "a/")
-        );
+        assert!(matches!(decode_token(&encode_token("a/b", false)), Ok(Resume::AfterKey(k)) if k == "a/b"));
+        assert!(matches!(decode_token(&encode_token("a/", true)), Ok(Resume::AfterPrefix(p)) if p == "a/"));
         assert!(decode_token("zzz").is_err());
     }
 }

@@ -181,16 +181,10 @@ pub type DynBackend = Arc<dyn Backend>;
 /// Checks that `key` is one every backend can hold: 1 to [`MAX_KEY_LEN`] bytes.
 pub fn validate_key(key: &str) -> Result<(), BackendError> {
     if key.is_empty() {
-        return Err(BackendError::InvalidKey {
-            key: key.to_owned(),
-            reason: "empty key",
-        });
+        return Err(BackendError::InvalidKey { key: key.to_owned(), reason: "empty key" });
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(BackendError::InvalidKey {
-            key: key.to_owned(),
-            reason: "longer than 1024 bytes",
-        });
+        return Err(BackendError::InvalidKey { key: key.to_owned(), reason: "longer than 1024 bytes" });
     }
     Ok(())
 }
@@ -204,20 +198,11 @@ pub async fn get_bytes(backend: &dyn Backend, key: &str) -> Result<Bytes, Backen
 /// `None`, else `range` with its end clamped to the object's end. A range that is empty, or starts
 /// at or beyond the end (so any range of an empty object), is [`BackendError::InvalidRange`], as
 /// S3 answers 416.
-pub fn resolve_range(
-    key: &str,
-    range: Option<Range<u64>>,
-    size: u64,
-) -> Result<Range<u64>, BackendError> {
+pub fn resolve_range(key: &str, range: Option<Range<u64>>, size: u64) -> Result<Range<u64>, BackendError> {
     match range {
         None => Ok(0..size),
         Some(r) if r.start < r.end && r.start < size => Ok(r.start..r.end.min(size)),
-        Some(r) => Err(BackendError::InvalidRange {
-            key: key.to_owned(),
-            start: r.start,
-            end: r.end,
-            size,
-        }),
+        Some(r) => Err(BackendError::InvalidRange { key: key.to_owned(), start: r.start, end: r.end, size }),
     }
 }
 

@@ -34,8 +34,7 @@ use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::{
-    Backend, BackendError, GetResult, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, Op,
-    validate_key,
+    Backend, BackendError, GetResult, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, Op, validate_key,
 };
 
 /// Where an [`S3Backend`] keeps its objects, and how it gets there.
@@ -87,10 +86,7 @@ impl std::fmt::Debug for S3Config {
             .field("bucket", &self.bucket)
             .field("path_style", &self.path_style)
             .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("prefix", &self.prefix)
             .field("max_attempts", &self.max_attempts)
             .finish()
@@ -127,17 +123,12 @@ impl S3Backend {
         if config.bucket.is_empty() {
             return Err(S3ConfigError::NoBucket);
         }
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()));
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
         match (config.access_key_id, config.secret_access_key) {
             (Some(id), Some(secret)) => {
-                loader = loader.credentials_provider(Credentials::new(
-                    id,
-                    secret,
-                    None,
-                    None,
-                    "nargate-config",
-                ));
+                loader =
+                    loader.credentials_provider(Credentials::new(id, secret, None, None, "nargate-config"));
             }
             (None, None) => {}
             _ => return Err(S3ConfigError::IncompleteStaticKeys),
@@ -179,11 +170,7 @@ impl S3Backend {
     fn strip_prefix(&self, full: String) -> Result<String, BackendError> {
         match full.strip_prefix(&self.prefix) {
             Some(key) => Ok(key.to_owned()),
-            None => Err(remote(
-                Op::List,
-                &full,
-                "the server listed a key outside the prefix",
-            )),
+            None => Err(remote(Op::List, &full, "the server listed a key outside the prefix")),
         }
     }
 }
@@ -195,23 +182,14 @@ impl Backend for S3Backend {
         if let Some(r) = range.as_ref().filter(|r| r.start >= r.end) {
             // S3 cannot express an empty range: answer as it would for one beyond the end.
             let size = self.head(key).await?.size;
-            return Err(BackendError::InvalidRange {
-                key: key.to_owned(),
-                start: r.start,
-                end: r.end,
-                size,
-            });
+            return Err(BackendError::InvalidRange { key: key.to_owned(), start: r.start, end: r.end, size });
         }
         let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(&full)
-            .set_range(
-                range
-                    .as_ref()
-                    .map(|r| format!("bytes={}-{}", r.start, r.end - 1)),
-            );
+            .set_range(range.as_ref().map(|r| format!("bytes={}-{}", r.start, r.end - 1)));
         let out = match request.send().await {
             Ok(out) => out,
             Err(err) => {
@@ -233,19 +211,12 @@ impl Backend for S3Backend {
         let (range, size) = match (range, out.content_range()) {
             (None, _) => {
                 let len = out.content_length().and_then(|l| u64::try_from(l).ok());
-                let len =
-                    len.ok_or_else(|| remote(Op::Get, key, "response without Content-Length"))?;
+                let len = len.ok_or_else(|| remote(Op::Get, key, "response without Content-Length"))?;
                 (0..len, len)
             }
-            (Some(_), Some(content_range)) => {
-                parse_content_range(content_range).ok_or_else(|| {
-                    remote(
-                        Op::Get,
-                        key,
-                        &format!("unparsable Content-Range {content_range:?}"),
-                    )
-                })?
-            }
+            (Some(_), Some(content_range)) => parse_content_range(content_range).ok_or_else(|| {
+                remote(Op::Get, key, &format!("unparsable Content-Range {content_range:?}"))
+            })?,
             (Some(_), None) => {
                 return Err(remote(Op::Get, key, "the server ignored the Range header"));
             }
@@ -291,12 +262,7 @@ impl Backend for S3Backend {
             // No Date header (HTTP servers with a clock must send one): ask for the object's time.
             None => self.head(key).await?.last_modified,
         };
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size,
-            etag,
-            last_modified,
-        })
+        Ok(ObjectMeta { key: key.to_owned(), size, etag, last_modified })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
@@ -322,10 +288,7 @@ impl Backend for S3Backend {
         let prefix = format!("{}{}", self.prefix, request.prefix);
         // Every key under the prefix is after a start before the prefix, so such a start says
         // nothing; leave it out, as Garage (2.5) would list nothing at all.
-        let start_after = request
-            .start_after
-            .as_ref()
-            .map(|s| format!("{}{s}", self.prefix));
+        let start_after = request.start_after.as_ref().map(|s| format!("{}{s}", self.prefix));
         let start_after = start_after.filter(|s| s.as_str() >= prefix.as_str());
         let max_keys = match request.max_keys {
             0 => 1000,
@@ -348,12 +311,10 @@ impl Backend for S3Backend {
         // A server that ignores `encoding-type` says so by leaving it out of its answer.
         let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
         let decode = |key: Option<&str>| -> Result<String, BackendError> {
-            let key =
-                key.ok_or_else(|| remote(Op::List, &prefix, "listing entry without a key"))?;
+            let key = key.ok_or_else(|| remote(Op::List, &prefix, "listing entry without a key"))?;
             let full = match url_encoded {
-                true => url_decode(key).ok_or_else(|| {
-                    remote(Op::List, &prefix, &format!("badly URL-encoded key {key:?}"))
-                })?,
+                true => url_decode(key)
+                    .ok_or_else(|| remote(Op::List, &prefix, &format!("badly URL-encoded key {key:?}")))?,
                 false => key.to_owned(),
             };
             self.strip_prefix(full)
@@ -374,13 +335,8 @@ impl Backend for S3Backend {
         }
         if out.is_truncated() == Some(true) {
             let token = out.next_continuation_token().filter(|t| !t.is_empty());
-            let token = token.ok_or_else(|| {
-                remote(
-                    Op::List,
-                    &prefix,
-                    "truncated listing without a continuation token",
-                )
-            })?;
+            let token = token
+                .ok_or_else(|| remote(Op::List, &prefix, "truncated listing without a continuation token"))?;
             page.next_continuation_token = Some(token.to_owned());
         }
         Ok(page)
@@ -388,14 +344,7 @@ impl Backend for S3Backend {
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         let full = self.full_key(key)?;
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
+        match self.client.delete_object().bucket(&self.bucket).key(&full).send().await {
             Ok(_) => Ok(()),
             Err(err) => match classify(Op::Delete, key, err) {
                 BackendError::NotFound { .. } => Ok(()),
@@ -410,11 +359,7 @@ impl Backend for S3Backend {
 
 /// A [`BackendError::Remote`] for `op` on `key`.
 fn remote(op: Op, key: &str, message: &str) -> BackendError {
-    BackendError::Remote {
-        op: op.as_str(),
-        key: key.to_owned(),
-        message: message.to_owned(),
-    }
+    BackendError::Remote { op: op.as_str(), key: key.to_owned(), message: message.to_owned() }
 }
 
 /// A failed request, as the SDK reports it.
@@ -434,9 +379,7 @@ where
     let missing_key =
         code == Some("NoSuchKey") || (status(&err) == Some(404) && code != Some("NoSuchBucket"));
     if missing_key {
-        return BackendError::NotFound {
-            key: key.to_owned(),
-        };
+        return BackendError::NotFound { key: key.to_owned() };
     }
     remote(op, key, &DisplayErrorContext(&err).to_string())
 }
@@ -534,10 +477,7 @@ mod tests {
     #[test]
     fn listing_keys_decode() {
         assert_eq!(url_decode("a%2Fb+c%2B%C3%A9").as_deref(), Some("a/b c+é"));
-        assert_eq!(
-            url_decode("plain/key.txt").as_deref(),
-            Some("plain/key.txt")
-        );
+        assert_eq!(url_decode("plain/key.txt").as_deref(), Some("plain/key.txt"));
         assert_eq!(url_decode("bad%2"), None);
         assert_eq!(url_decode("bad%zz"), None);
         assert_eq!(url_decode("%FF"), None);
@@ -545,38 +485,14 @@ mod tests {
 
     #[tokio::test]
     async fn configs_are_checked() {
-        let config = S3Config {
-            bucket: "b".into(),
-            ..S3Config::default()
-        };
-        let no_bucket = S3Config {
-            bucket: String::new(),
-            ..config.clone()
-        };
-        assert_eq!(
-            S3Backend::new(no_bucket).await.err(),
-            Some(S3ConfigError::NoBucket)
-        );
-        let half_keys = S3Config {
-            access_key_id: Some("id".into()),
-            ..config.clone()
-        };
-        assert_eq!(
-            S3Backend::new(half_keys).await.err(),
-            Some(S3ConfigError::IncompleteStaticKeys)
-        );
-        let endpoint = S3Config {
-            endpoint: Some("localhost:3900".into()),
-            ..config.clone()
-        };
-        assert!(matches!(
-            S3Backend::new(endpoint).await,
-            Err(S3ConfigError::InvalidEndpoint(_))
-        ));
-        let secret = S3Config {
-            secret_access_key: Some("hunter2".into()),
-            ..config
-        };
+        let config = S3Config { bucket: "b".into(), ..S3Config::default() };
+        let no_bucket = S3Config { bucket: String::new(), ..config.clone() };
+        assert_eq!(S3Backend::new(no_bucket).await.err(), Some(S3ConfigError::NoBucket));
+        let half_keys = S3Config { access_key_id: Some("id".into()), ..config.clone() };
+        assert_eq!(S3Backend::new(half_keys).await.err(), Some(S3ConfigError::IncompleteStaticKeys));
+        let endpoint = S3Config { endpoint: Some("localhost:3900".into()), ..config.clone() };
+        assert!(matches!(S3Backend::new(endpoint).await, Err(S3ConfigError::InvalidEndpoint(_))));
+        let secret = S3Config { secret_access_key: Some("hunter2".into()), ..config };
         assert!(!format!("{secret:?}").contains("hunter2"));
     }
 }

@@ -20,9 +20,7 @@ pub enum HashError {
     #[error("not a sha256 hash: expected a `sha256:` or `sha256-` prefix")]
     NotSha256,
     /// The digest after `sha256:` has a length that is none of nixbase32, hex or base64's.
-    #[error(
-        "a sha256 digest of {0} characters is neither nixbase32 (52), hex (64) nor base64 (44)"
-    )]
+    #[error("a sha256 digest of {0} characters is neither nixbase32 (52), hex (64) nor base64 (44)")]
     BadLength(usize),
     /// The digest has the right length but is not valid in its encoding.
     #[error("invalid {encoding} in sha256 digest")]
@@ -40,16 +38,12 @@ pub fn parse_sha256(s: &str) -> Result<[u8; SHA256_LEN], HashError> {
     }
     let digest = s.strip_prefix("sha256:").ok_or(HashError::NotSha256)?;
     let bytes = match digest.len() {
-        52 => nixbase32::decode(digest).map_err(|_| HashError::BadEncoding {
-            encoding: "nixbase32",
-        })?,
+        52 => nixbase32::decode(digest).map_err(|_| HashError::BadEncoding { encoding: "nixbase32" })?,
         64 => hex::decode(digest).map_err(|_| HashError::BadEncoding { encoding: "hex" })?,
         44 => return decode_base64(digest),
         len => return Err(HashError::BadLength(len)),
     };
-    bytes.try_into().map_err(|_| HashError::BadEncoding {
-        encoding: "nixbase32",
-    })
+    bytes.try_into().map_err(|_| HashError::BadEncoding { encoding: "nixbase32" })
 }
 
 /// Decodes a padded base64 SHA-256 digest.
@@ -57,12 +51,8 @@ fn decode_base64(digest: &str) -> Result<[u8; SHA256_LEN], HashError> {
     if digest.len() != 44 {
         return Err(HashError::BadLength(digest.len()));
     }
-    let bytes = STANDARD
-        .decode(digest)
-        .map_err(|_| HashError::BadEncoding { encoding: "base64" })?;
-    bytes
-        .try_into()
-        .map_err(|_| HashError::BadEncoding { encoding: "base64" })
+    let bytes = STANDARD.decode(digest).map_err(|_| HashError::BadEncoding { encoding: "base64" })?;
+    bytes.try_into().map_err(|_| HashError::BadEncoding { encoding: "base64" })
 }
 
 /// Formats a SHA-256 digest as Nix prints it: `sha256:<52 nixbase32 characters>`.
@@ -100,26 +90,15 @@ mod tests {
         let d = digest();
         let b32 = nixbase32::encode(&d);
         assert_eq!(parse_sha256(&b32), Err(HashError::NotSha256));
-        assert_eq!(
-            parse_sha256(&format!("sha512:{b32}")),
-            Err(HashError::NotSha256)
-        );
-        assert_eq!(
-            parse_sha256(&format!("md5:{b32}")),
-            Err(HashError::NotSha256)
-        );
+        assert_eq!(parse_sha256(&format!("sha512:{b32}")), Err(HashError::NotSha256));
+        assert_eq!(parse_sha256(&format!("md5:{b32}")), Err(HashError::NotSha256));
         assert_eq!(parse_sha256("sha256:"), Err(HashError::BadLength(0)));
-        assert_eq!(
-            parse_sha256(&format!("sha256:{b32}0")),
-            Err(HashError::BadLength(53))
-        );
+        assert_eq!(parse_sha256(&format!("sha256:{b32}0")), Err(HashError::BadLength(53)));
         let mut bad = b32.clone();
         bad.replace_range(51..52, "e");
         assert_eq!(
             parse_sha256(&format!("sha256:{bad}")),
-            Err(HashError::BadEncoding {
-                encoding: "nixbase32"
-            })
+            Err(HashError::BadEncoding { encoding: "nixbase32" })
         );
         assert_eq!(
             parse_sha256(&format!("sha256:{}", "g".repeat(64))),

@@ -129,12 +129,7 @@ pub struct NarInfo {
 impl NarInfo {
     /// A narinfo with the required fields, the canonical `sha256:<nixbase32>` NarHash, no
     /// references and nothing else.
-    pub fn new(
-        store_path: StorePath,
-        url: String,
-        nar_hash: &[u8; SHA256_LEN],
-        nar_size: u64,
-    ) -> Self {
+    pub fn new(store_path: StorePath, url: String, nar_hash: &[u8; SHA256_LEN], nar_size: u64) -> Self {
         Self {
             store_path,
             url,
@@ -155,10 +150,7 @@ impl NarInfo {
     /// Parses a narinfo. See the [module documentation](self) for what is accepted.
     pub fn parse(text: &str) -> Result<Self, NarInfoError> {
         if text.len() > MAX_NARINFO_LEN {
-            return Err(NarInfoError::TooLarge {
-                len: text.len(),
-                max: MAX_NARINFO_LEN,
-            });
+            return Err(NarInfoError::TooLarge { len: text.len(), max: MAX_NARINFO_LEN });
         }
         let mut fields = Fields::default();
         let body = text.strip_suffix('\n').unwrap_or(text);
@@ -178,10 +170,8 @@ impl NarInfo {
 
     /// The NAR's SHA-256 digest, from `NarHash` in any form [`hash::parse_sha256`] reads.
     pub fn nar_hash_digest(&self) -> Result<[u8; SHA256_LEN], NarInfoError> {
-        hash::parse_sha256(&self.nar_hash).map_err(|source| NarInfoError::InvalidHash {
-            field: "NarHash",
-            source,
-        })
+        hash::parse_sha256(&self.nar_hash)
+            .map_err(|source| NarInfoError::InvalidHash { field: "NarHash", source })
     }
 
     /// The string Nix signs for this narinfo:
@@ -189,19 +179,10 @@ impl NarInfo {
     /// sorted, comma-separated>`.
     pub fn fingerprint(&self) -> Result<String, NarInfoError> {
         let nar_hash = hash::format_sha256(&self.nar_hash_digest()?);
-        let mut references: Vec<String> = self
-            .references
-            .iter()
-            .map(|r| format!("{STORE_DIR}/{r}"))
-            .collect();
+        let mut references: Vec<String> =
+            self.references.iter().map(|r| format!("{STORE_DIR}/{r}")).collect();
         references.sort();
-        Ok(format!(
-            "1;{};{};{};{}",
-            self.store_path,
-            nar_hash,
-            self.nar_size,
-            references.join(",")
-        ))
+        Ok(format!("1;{};{};{};{}", self.store_path, nar_hash, self.nar_size, references.join(",")))
     }
 
     /// The compression of the file at `URL`: `Compression`, or `bzip2` when absent, as Nix reads it.
@@ -211,10 +192,7 @@ impl NarInfo {
 
     /// The references as store paths.
     pub fn reference_paths(&self) -> Result<Vec<StorePath>, NarInfoError> {
-        self.references
-            .iter()
-            .map(|r| parse_base_name("References", r))
-            .collect()
+        self.references.iter().map(|r| parse_base_name("References", r)).collect()
     }
 }
 
@@ -290,11 +268,8 @@ impl Fields {
             .ok_or(NarInfoError::MalformedLine { line })?;
         match key {
             "StorePath" => {
-                let path =
-                    StorePath::parse(value).map_err(|source| NarInfoError::InvalidStorePath {
-                        field: "StorePath",
-                        source,
-                    })?;
+                let path = StorePath::parse(value)
+                    .map_err(|source| NarInfoError::InvalidStorePath { field: "StorePath", source })?;
                 set_once(&mut self.store_path, path, "StorePath", line)
             }
             "URL" => {
@@ -305,24 +280,16 @@ impl Fields {
             }
             "Compression" => set_once(&mut self.compression, value.to_owned(), "Compression", line),
             "FileHash" => set_once(&mut self.file_hash, value.to_owned(), "FileHash", line),
-            "FileSize" => set_once(
-                &mut self.file_size,
-                parse_u64(value, "FileSize", line)?,
-                "FileSize",
-                line,
-            ),
+            "FileSize" => {
+                set_once(&mut self.file_size, parse_u64(value, "FileSize", line)?, "FileSize", line)
+            }
             "NarHash" => {
-                hash::parse_sha256(value).map_err(|source| NarInfoError::InvalidHash {
-                    field: "NarHash",
-                    source,
-                })?;
+                hash::parse_sha256(value)
+                    .map_err(|source| NarInfoError::InvalidHash { field: "NarHash", source })?;
                 set_once(&mut self.nar_hash, value.to_owned(), "NarHash", line)
             }
             "NarSize" => match parse_u64(value, "NarSize", line)? {
-                0 => Err(NarInfoError::InvalidNumber {
-                    field: "NarSize",
-                    line,
-                }),
+                0 => Err(NarInfoError::InvalidNumber { field: "NarSize", line }),
                 size => set_once(&mut self.nar_size, size, "NarSize", line),
             },
             "References" => {
@@ -355,9 +322,7 @@ impl Fields {
     /// Checks the required fields and makes the [`NarInfo`].
     fn finish(self) -> Result<NarInfo, NarInfoError> {
         Ok(NarInfo {
-            store_path: self
-                .store_path
-                .ok_or(NarInfoError::MissingField("StorePath"))?,
+            store_path: self.store_path.ok_or(NarInfoError::MissingField("StorePath"))?,
             url: self.url.ok_or(NarInfoError::MissingField("URL"))?,
             compression: self.compression,
             file_hash: self.file_hash,
@@ -375,12 +340,7 @@ impl Fields {
 }
 
 /// Sets a single-valued field, refusing a second value.
-fn set_once<T>(
-    slot: &mut Option<T>,
-    value: T,
-    field: &'static str,
-    line: usize,
-) -> Result<(), NarInfoError> {
+fn set_once<T>(slot: &mut Option<T>, value: T, field: &'static str, line: usize) -> Result<(), NarInfoError> {
     if slot.is_some() {
         return Err(NarInfoError::DuplicateField { field, line });
     }
@@ -393,15 +353,12 @@ fn parse_u64(value: &str, field: &'static str, line: usize) -> Result<u64, NarIn
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(NarInfoError::InvalidNumber { field, line });
     }
-    value
-        .parse()
-        .map_err(|_| NarInfoError::InvalidNumber { field, line })
+    value.parse().map_err(|_| NarInfoError::InvalidNumber { field, line })
 }
 
 /// Parses a store path base name found in `field`.
 fn parse_base_name(field: &'static str, value: &str) -> Result<StorePath, NarInfoError> {
-    StorePath::from_base_name(value)
-        .map_err(|source| NarInfoError::InvalidStorePath { field, source })
+    StorePath::from_base_name(value).map_err(|source| NarInfoError::InvalidStorePath { field, source })
 }
 
 #[cfg(test)]
@@ -440,10 +397,7 @@ mod tests {
         assert_eq!(info.compression.as_deref(), Some("xz"));
         assert_eq!(info.file_size, Some(100));
         assert_eq!(info.nar_size, 872);
-        assert_eq!(
-            info.references,
-            vec![format!("{H2}-lib"), format!("{H1}-app")]
-        );
+        assert_eq!(info.references, vec![format!("{H2}-lib"), format!("{H1}-app")]);
         assert_eq!(info.deriver, Some(format!("{H2}-app.drv")));
         assert_eq!(info.system.as_deref(), Some("x86_64-linux"));
         assert_eq!(info.sigs, vec!["k1:AAAA", "k2:BBBB"]);
@@ -455,8 +409,7 @@ mod tests {
 
     #[test]
     fn minimal_narinfo() {
-        let text =
-            format!("StorePath: /nix/store/{H1}-a\nURL: u\nNarHash: {NAR_HASH}\nNarSize: 1\n");
+        let text = format!("StorePath: /nix/store/{H1}-a\nURL: u\nNarHash: {NAR_HASH}\nNarSize: 1\n");
         let info = NarInfo::parse(&text).unwrap();
         assert_eq!(info.compression_or_default(), "bzip2");
         // `References: ` is always written, with its trailing space.
@@ -464,39 +417,20 @@ mod tests {
         // No final newline is accepted too.
         assert_eq!(NarInfo::parse(text.trim_end()).unwrap(), info);
         // Fields in another order are accepted, rendered in Nix's order.
-        let shuffled =
-            format!("NarSize: 1\nNarHash: {NAR_HASH}\nURL: u\nStorePath: /nix/store/{H1}-a\n");
+        let shuffled = format!("NarSize: 1\nNarHash: {NAR_HASH}\nURL: u\nStorePath: /nix/store/{H1}-a\n");
         assert_eq!(NarInfo::parse(&shuffled).unwrap(), info);
     }
 
     #[test]
     fn keeps_unknown_fields_in_order() {
-        let text = format!(
-            "{}X-Future: 1\nAnother: a: b\nX-Future: 2\nEmpty: \n",
-            sample()
-        );
+        let text = format!("{}X-Future: 1\nAnother: a: b\nX-Future: 2\nEmpty: \n", sample());
         let info = NarInfo::parse(&text).unwrap();
-        let extra: Vec<(&str, &str)> = info
-            .extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            extra,
-            [
-                ("X-Future", "1"),
-                ("Another", "a: b"),
-                ("X-Future", "2"),
-                ("Empty", "")
-            ]
-        );
+        let extra: Vec<(&str, &str)> = info.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(extra, [("X-Future", "1"), ("Another", "a: b"), ("X-Future", "2"), ("Empty", "")]);
         assert_eq!(info.render(), text);
         // Unknown fields placed among known ones move after them.
         let mixed = sample().replacen("URL:", "Zzz: top\nURL:", 1);
-        assert_eq!(
-            NarInfo::parse(&mixed).unwrap().render(),
-            format!("{}Zzz: top\n", sample())
-        );
+        assert_eq!(NarInfo::parse(&mixed).unwrap().render(), format!("{}Zzz: top\n", sample()));
     }
 
     #[test]
@@ -508,10 +442,7 @@ mod tests {
         );
         let mut none = info.clone();
         none.references.clear();
-        assert_eq!(
-            none.fingerprint().unwrap(),
-            format!("1;/nix/store/{H1}-app;{NAR_HASH};872;")
-        );
+        assert_eq!(none.fingerprint().unwrap(), format!("1;/nix/store/{H1}-app;{NAR_HASH};872;"));
     }
 
     #[test]
@@ -526,18 +457,12 @@ mod tests {
         assert_eq!(hex_info.fingerprint(), info.fingerprint());
         assert_eq!(hex_info.render(), hex_form);
         use base64::Engine as _;
-        let sri = format!(
-            "sha256-{}",
-            base64::engine::general_purpose::STANDARD.encode(digest)
-        );
+        let sri = format!("sha256-{}", base64::engine::general_purpose::STANDARD.encode(digest));
         let sri_info = NarInfo::parse(&sample().replace(NAR_HASH, &sri)).unwrap();
         assert_eq!(sri_info.nar_hash_digest().unwrap(), digest);
         let mut bad = info.clone();
         bad.nar_hash = "md5:abc".into();
-        assert!(matches!(
-            bad.fingerprint(),
-            Err(NarInfoError::InvalidHash { .. })
-        ));
+        assert!(matches!(bad.fingerprint(), Err(NarInfoError::InvalidHash { .. })));
     }
 
     #[test]
@@ -554,163 +479,61 @@ mod tests {
         use NarInfoError::*;
         let s = sample();
         let cases: Vec<(String, NarInfoError)> = vec![
-            (
-                s.replace(&format!("StorePath: /nix/store/{H1}-app\n"), ""),
-                MissingField("StorePath"),
-            ),
+            (s.replace(&format!("StorePath: /nix/store/{H1}-app\n"), ""), MissingField("StorePath")),
             (s.replace("URL: nar/x.nar.xz\n", ""), MissingField("URL")),
-            (
-                s.replace(&format!("NarHash: {NAR_HASH}\n"), ""),
-                MissingField("NarHash"),
-            ),
+            (s.replace(&format!("NarHash: {NAR_HASH}\n"), ""), MissingField("NarHash")),
             (s.replace("NarSize: 872\n", ""), MissingField("NarSize")),
             (String::new(), MissingField("StorePath")),
-            (
-                s.replace("URL: nar/x.nar.xz", "URL: "),
-                EmptyField {
-                    field: "URL",
-                    line: 2,
-                },
-            ),
-            (
-                format!("{s}URL: again\n"),
-                DuplicateField {
-                    field: "URL",
-                    line: 14,
-                },
-            ),
-            (
-                format!("{s}NarSize: 1\n"),
-                DuplicateField {
-                    field: "NarSize",
-                    line: 14,
-                },
-            ),
-            (
-                format!("{s}References: \n"),
-                DuplicateField {
-                    field: "References",
-                    line: 14,
-                },
-            ),
-            (
-                format!("{s}CA: x\n"),
-                DuplicateField {
-                    field: "CA",
-                    line: 14,
-                },
-            ),
+            (s.replace("URL: nar/x.nar.xz", "URL: "), EmptyField { field: "URL", line: 2 }),
+            (format!("{s}URL: again\n"), DuplicateField { field: "URL", line: 14 }),
+            (format!("{s}NarSize: 1\n"), DuplicateField { field: "NarSize", line: 14 }),
+            (format!("{s}References: \n"), DuplicateField { field: "References", line: 14 }),
+            (format!("{s}CA: x\n"), DuplicateField { field: "CA", line: 14 }),
             (s.replace("URL: ", "URL:"), MalformedLine { line: 2 }),
-            (
-                s.replace("URL: nar/x.nar.xz\n", "URL: nar/x.nar.xz\n\n"),
-                MalformedLine { line: 3 },
-            ),
+            (s.replace("URL: nar/x.nar.xz\n", "URL: nar/x.nar.xz\n\n"), MalformedLine { line: 3 }),
             (format!("{s}no colon here\n"), MalformedLine { line: 14 }),
             (format!("{s}: empty key\n"), MalformedLine { line: 14 }),
             (format!("{s}a:b: c\n"), MalformedLine { line: 14 }),
-            (
-                s.replace("NarSize: 872", "NarSize: 0"),
-                InvalidNumber {
-                    field: "NarSize",
-                    line: 7,
-                },
-            ),
-            (
-                s.replace("NarSize: 872", "NarSize: -1"),
-                InvalidNumber {
-                    field: "NarSize",
-                    line: 7,
-                },
-            ),
-            (
-                s.replace("NarSize: 872", "NarSize: +1"),
-                InvalidNumber {
-                    field: "NarSize",
-                    line: 7,
-                },
-            ),
-            (
-                s.replace("NarSize: 872", "NarSize: 1 "),
-                InvalidNumber {
-                    field: "NarSize",
-                    line: 7,
-                },
-            ),
+            (s.replace("NarSize: 872", "NarSize: 0"), InvalidNumber { field: "NarSize", line: 7 }),
+            (s.replace("NarSize: 872", "NarSize: -1"), InvalidNumber { field: "NarSize", line: 7 }),
+            (s.replace("NarSize: 872", "NarSize: +1"), InvalidNumber { field: "NarSize", line: 7 }),
+            (s.replace("NarSize: 872", "NarSize: 1 "), InvalidNumber { field: "NarSize", line: 7 }),
             (
                 s.replace("NarSize: 872", "NarSize: 99999999999999999999"),
-                InvalidNumber {
-                    field: "NarSize",
-                    line: 7,
-                },
+                InvalidNumber { field: "NarSize", line: 7 },
             ),
-            (
-                s.replace("FileSize: 100", "FileSize: x"),
-                InvalidNumber {
-                    field: "FileSize",
-                    line: 5,
-                },
-            ),
-            (
-                s.replace("FileSize: 100", "FileSize: "),
-                InvalidNumber {
-                    field: "FileSize",
-                    line: 5,
-                },
-            ),
+            (s.replace("FileSize: 100", "FileSize: x"), InvalidNumber { field: "FileSize", line: 5 }),
+            (s.replace("FileSize: 100", "FileSize: "), InvalidNumber { field: "FileSize", line: 5 }),
             (
                 s.replace("/nix/store/", "/gnu/store/"),
-                InvalidStorePath {
-                    field: "StorePath",
-                    source: StorePathError::NotInStore,
-                },
+                InvalidStorePath { field: "StorePath", source: StorePathError::NotInStore },
             ),
             (
                 s.replace(&format!("{H2}-lib"), "lib"),
-                InvalidStorePath {
-                    field: "References",
-                    source: StorePathError::TooShort,
-                },
+                InvalidStorePath { field: "References", source: StorePathError::TooShort },
             ),
             (
                 s.replace(&format!("{H2}-lib"), &format!("/nix/store/{H2}-lib")),
-                InvalidStorePath {
-                    field: "References",
-                    source: StorePathError::MissingDash,
-                },
+                InvalidStorePath { field: "References", source: StorePathError::MissingDash },
             ),
             (
                 s.replace(&format!("Deriver: {H2}"), "Deriver: x"),
-                InvalidStorePath {
-                    field: "Deriver",
-                    source: StorePathError::TooShort,
-                },
+                InvalidStorePath { field: "Deriver", source: StorePathError::TooShort },
             ),
             (
                 s.replace(NAR_HASH, "sha512:abc"),
-                InvalidHash {
-                    field: "NarHash",
-                    source: HashError::NotSha256,
-                },
+                InvalidHash { field: "NarHash", source: HashError::NotSha256 },
             ),
             (
                 s.replace(NAR_HASH, &NAR_HASH[..40]),
-                InvalidHash {
-                    field: "NarHash",
-                    source: HashError::BadLength(33),
-                },
+                InvalidHash { field: "NarHash", source: HashError::BadLength(33) },
             ),
         ];
         for (text, error) in cases {
             assert_eq!(NarInfo::parse(&text), Err(error), "{text}");
         }
         let huge = format!("{s}X: {}\n", "a".repeat(MAX_NARINFO_LEN));
-        assert!(matches!(
-            NarInfo::parse(&huge),
-            Err(TooLarge {
-                max: MAX_NARINFO_LEN,
-                ..
-            })
-        ));
+        assert!(matches!(NarInfo::parse(&huge), Err(TooLarge { max: MAX_NARINFO_LEN, .. })));
     }
 
     #[test]
@@ -718,14 +541,8 @@ mod tests {
         let s = sample();
         // Extra spaces between references, `unknown-deriver`, no references line.
         let spaced = s.replace(&format!("{H2}-lib {H1}"), &format!(" {H2}-lib  {H1}"));
-        assert_eq!(
-            NarInfo::parse(&spaced).unwrap(),
-            NarInfo::parse(&s).unwrap()
-        );
-        let unknown = s.replace(
-            &format!("Deriver: {H2}-app.drv"),
-            "Deriver: unknown-deriver",
-        );
+        assert_eq!(NarInfo::parse(&spaced).unwrap(), NarInfo::parse(&s).unwrap());
+        let unknown = s.replace(&format!("Deriver: {H2}-app.drv"), "Deriver: unknown-deriver");
         assert_eq!(NarInfo::parse(&unknown).unwrap().render(), unknown);
         let mut info = NarInfo::parse(&s).unwrap();
         info.references.clear();

@@ -45,9 +45,7 @@ pub enum Nixbase32Error {
 /// The number of characters that `n` bytes encode to: `ceil(8 n / 5)` (saturating at
 /// `usize::MAX` for absurd `n`).
 pub fn encoded_len(n: usize) -> usize {
-    (n / 5)
-        .saturating_mul(8)
-        .saturating_add((n % 5 * 8).div_ceil(5))
+    (n / 5).saturating_mul(8).saturating_add((n % 5 * 8).div_ceil(5))
 }
 
 /// The number of bytes that a string of `len` characters decodes to, if it is a valid length.
@@ -75,10 +73,8 @@ pub fn encode(bytes: &[u8]) -> String {
 /// non-zero leftover bits (so that every byte string has exactly one accepted encoding).
 pub fn decode(s: &str) -> Result<Vec<u8>, Nixbase32Error> {
     let len = decoded_len(s.len()).ok_or(Nixbase32Error::InvalidLength(s.len()))?;
-    if let Some((position, byte)) = s
-        .bytes()
-        .enumerate()
-        .find(|&(_, c)| DECODE_TABLE[usize::from(c)] == INVALID)
+    if let Some((position, byte)) =
+        s.bytes().enumerate().find(|&(_, c)| DECODE_TABLE[usize::from(c)] == INVALID)
     {
         return Err(Nixbase32Error::InvalidChar { position, byte });
     }
@@ -120,8 +116,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// SHA-256 of the empty string, in hex and as `nix hash to-base32` prints it.
-    const EMPTY_SHA256_HEX: &str =
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_SHA256_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const EMPTY_SHA256_NIX32: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
 
     #[test]
@@ -145,25 +140,13 @@ mod tests {
 
     #[test]
     fn lengths() {
-        let expected = [
-            (0, 0),
-            (1, 2),
-            (2, 4),
-            (3, 5),
-            (4, 7),
-            (5, 8),
-            (20, 32),
-            (32, 52),
-        ];
+        let expected = [(0, 0), (1, 2), (2, 4), (3, 5), (4, 7), (5, 8), (20, 32), (32, 52)];
         for (n, len) in expected {
             assert_eq!(encoded_len(n), len, "encoded_len({n})");
             assert_eq!(decoded_len(len), Some(n));
         }
         for len in [1, 3, 6, 9] {
-            assert_eq!(
-                decode(&"0".repeat(len)),
-                Err(Nixbase32Error::InvalidLength(len))
-            );
+            assert_eq!(decode(&"0".repeat(len)), Err(Nixbase32Error::InvalidLength(len)));
         }
         // No overflow at the extreme.
         assert_eq!(encoded_len(usize::MAX), usize::MAX);
@@ -176,10 +159,7 @@ mod tests {
             let s = format!("0{bad}{}", "0".repeat(3 - bad.len()));
             assert_eq!(
                 decode(&s),
-                Err(Nixbase32Error::InvalidChar {
-                    position: 1,
-                    byte: s.as_bytes()[1]
-                }),
+                Err(Nixbase32Error::InvalidChar { position: 1, byte: s.as_bytes()[1] }),
                 "{bad}"
             );
         }

@@ -68,20 +68,14 @@ impl SecretKey {
         let (name, bytes) = split_key(s.trim())?;
         let bytes: [u8; 64] = sized(bytes, "secret key")?;
         let key = SigningKey::from_keypair_bytes(&bytes).map_err(|_| SigningError::KeyMismatch)?;
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key })
     }
 
     /// Generates a new key named `name` from the operating system's random source.
     pub fn generate(name: &str) -> Result<Self, SigningError> {
         validate_name(name)?;
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key })
     }
 
     /// The key's name.
@@ -91,10 +85,7 @@ impl SecretKey {
 
     /// The public key of this key, with the same name.
     pub fn to_public(&self) -> PublicKey {
-        PublicKey {
-            name: self.name.clone(),
-            key: self.key.verifying_key(),
-        }
+        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
     }
 
     /// Signs `fingerprint`, returning the signature as it goes in a `Sig:` line:
@@ -108,12 +99,7 @@ impl SecretKey {
 impl fmt::Display for SecretKey {
     /// `<name>:<base64 of seed ‖ public key>`, as Nix writes secret keys.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            self.name,
-            STANDARD.encode(self.key.to_keypair_bytes())
-        )
+        write!(f, "{}:{}", self.name, STANDARD.encode(self.key.to_keypair_bytes()))
     }
 }
 
@@ -141,10 +127,7 @@ impl PublicKey {
         let (name, bytes) = split_key(s.trim())?;
         let bytes: [u8; 32] = sized(bytes, "public key")?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| SigningError::InvalidPublicKey)?;
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key })
     }
 
     /// The key's name.
@@ -167,9 +150,7 @@ impl PublicKey {
         let Ok(bytes) = <[u8; 64]>::try_from(bytes) else {
             return false;
         };
-        self.key
-            .verify_strict(fingerprint.as_bytes(), &Signature::from_bytes(&bytes))
-            .is_ok()
+        self.key.verify_strict(fingerprint.as_bytes(), &Signature::from_bytes(&bytes)).is_ok()
     }
 }
 
@@ -205,18 +186,14 @@ pub fn verify_narinfo(info: &NarInfo, keys: &[PublicKey]) -> bool {
     let Ok(fingerprint) = info.fingerprint() else {
         return false;
     };
-    info.sigs
-        .iter()
-        .any(|sig| keys.iter().any(|key| key.verify(&fingerprint, sig)))
+    info.sigs.iter().any(|sig| keys.iter().any(|key| key.verify(&fingerprint, sig)))
 }
 
 /// Splits `<name>:<base64>` and decodes the base64.
 fn split_key(s: &str) -> Result<(&str, Vec<u8>), SigningError> {
     let (name, data) = s.split_once(':').ok_or(SigningError::MissingColon)?;
     validate_name(name)?;
-    let bytes = STANDARD
-        .decode(data)
-        .map_err(|_| SigningError::InvalidBase64)?;
+    let bytes = STANDARD.decode(data).map_err(|_| SigningError::InvalidBase64)?;
     Ok((name, bytes))
 }
 
@@ -233,11 +210,7 @@ fn validate_name(name: &str) -> Result<(), SigningError> {
 /// Checks that `bytes` has exactly `N` bytes.
 fn sized<const N: usize>(bytes: Vec<u8>, what: &'static str) -> Result<[u8; N], SigningError> {
     let len = bytes.len();
-    bytes.try_into().map_err(|_| SigningError::BadLength {
-        what,
-        len,
-        expected: N,
-    })
+    bytes.try_into().map_err(|_| SigningError::BadLength { what, len, expected: N })
 }
 
 #[cfg(test)]
@@ -248,8 +221,7 @@ mod tests {
     fn info() -> NarInfo {
         let path = StorePath::from_base_name("1vnwanv5bk8pm7cabl2adpqxssm3p0ai-hello").unwrap();
         let mut info = NarInfo::new(path, "nar/x.nar".into(), &[7; 32], 1234);
-        info.references
-            .push("44jayy4l70viaqn6lan7wal5v0y2px85-lib".into());
+        info.references.push("44jayy4l70viaqn6lan7wal5v0y2px85-lib".into());
         info
     }
 
@@ -263,10 +235,7 @@ mod tests {
         let public = secret.to_public();
         assert_eq!(PublicKey::parse(&public.to_string()).unwrap(), public);
         assert_eq!(public.to_string().len(), "cache.example.org-1:".len() + 44);
-        assert!(
-            !format!("{secret:?}").contains(&text[20..]),
-            "Debug hides the secret"
-        );
+        assert!(!format!("{secret:?}").contains(&text[20..]), "Debug hides the secret");
     }
 
     #[test]
@@ -278,11 +247,7 @@ mod tests {
         assert!(!verify_narinfo(&info, std::slice::from_ref(&public)));
         sign_narinfo(&mut info, &secret).unwrap();
         sign_narinfo(&mut info, &secret).unwrap();
-        assert_eq!(
-            info.sigs.len(),
-            1,
-            "re-signing replaces the key's signature"
-        );
+        assert_eq!(info.sigs.len(), 1, "re-signing replaces the key's signature");
         assert!(verify_narinfo(&info, std::slice::from_ref(&public)));
         assert!(verify_narinfo(&info, &[other.clone(), public.clone()]));
         assert!(!verify_narinfo(&info, &[other]), "same name, other key");
@@ -292,10 +257,7 @@ mod tests {
         let fingerprint = info.fingerprint().unwrap();
         assert!(public.verify(&fingerprint, &sig));
         assert!(!public.verify(&format!("{fingerprint}x"), &sig));
-        assert!(
-            !public.verify(&fingerprint, &sig.replacen("k:", "j:", 1)),
-            "other name"
-        );
+        assert!(!public.verify(&fingerprint, &sig.replacen("k:", "j:", 1)), "other name");
         assert!(!public.verify(&fingerprint, "k:!!!"));
         assert!(!public.verify(&fingerprint, "k:AAAA"));
         assert!(!public.verify(&fingerprint, "no colon"));
@@ -323,27 +285,16 @@ mod tests {
         let public = secret.to_public().to_string();
         let secret = secret.to_string();
         assert_eq!(SecretKey::parse("k"), Err(SigningError::MissingColon));
-        assert_eq!(
-            SecretKey::parse(&secret[1..]),
-            Err(SigningError::InvalidName)
-        );
+        assert_eq!(SecretKey::parse(&secret[1..]), Err(SigningError::InvalidName));
         assert_eq!(PublicKey::parse("a b:AAAA"), Err(SigningError::InvalidName));
         assert_eq!(PublicKey::parse("k:!!!!"), Err(SigningError::InvalidBase64));
         assert_eq!(
             SecretKey::parse(&public),
-            Err(SigningError::BadLength {
-                what: "secret key",
-                len: 32,
-                expected: 64
-            })
+            Err(SigningError::BadLength { what: "secret key", len: 32, expected: 64 })
         );
         assert_eq!(
             PublicKey::parse(&secret),
-            Err(SigningError::BadLength {
-                what: "public key",
-                len: 64,
-                expected: 32
-            })
+            Err(SigningError::BadLength { what: "public key", len: 64, expected: 32 })
         );
         // A secret key whose public half is another key's.
         let other = SecretKey::generate("k").unwrap().to_public();
@@ -353,13 +304,7 @@ mod tests {
             SecretKey::parse(&format!("k:{}", STANDARD.encode(bytes))),
             Err(SigningError::KeyMismatch)
         );
-        assert_eq!(
-            SecretKey::generate("").map(|_| ()),
-            Err(SigningError::InvalidName)
-        );
-        assert_eq!(
-            SecretKey::generate("a:b").map(|_| ()),
-            Err(SigningError::InvalidName)
-        );
+        assert_eq!(SecretKey::generate("").map(|_| ()), Err(SigningError::InvalidName));
+        assert_eq!(SecretKey::generate("a:b").map(|_| ()), Err(SigningError::InvalidName));
     }
 }

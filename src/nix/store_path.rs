@@ -70,9 +70,7 @@ impl StorePath {
         if s.len() < HASH_CHARS + 2 {
             return Err(StorePathError::TooShort);
         }
-        let (hash, rest) = s
-            .split_at_checked(HASH_CHARS)
-            .ok_or(StorePathError::TooShort)?;
+        let (hash, rest) = s.split_at_checked(HASH_CHARS).ok_or(StorePathError::TooShort)?;
         let name = rest.strip_prefix('-').ok_or(StorePathError::MissingDash)?;
         let hash = nixbase32::decode(hash)?
             .try_into()
@@ -83,10 +81,7 @@ impl StorePath {
     /// Makes a store path from its hash and name, validating the name.
     pub fn from_parts(hash: [u8; HASH_LEN], name: &str) -> Result<Self, StorePathError> {
         validate_name(name)?;
-        Ok(Self {
-            hash,
-            name: name.to_owned(),
-        })
+        Ok(Self { hash, name: name.to_owned() })
     }
 
     /// The 20-byte hash.
@@ -170,25 +165,14 @@ mod tests {
         assert_eq!(path.to_string(), full);
         assert_eq!(full.parse::<StorePath>().unwrap(), path);
         assert_eq!(StorePath::from_base_name(&path.base_name()).unwrap(), path);
-        assert_eq!(
-            StorePath::from_parts(*path.hash(), path.name()).unwrap(),
-            path
-        );
+        assert_eq!(StorePath::from_parts(*path.hash(), path.name()).unwrap(), path);
     }
 
     #[test]
     fn accepts_every_allowed_character() {
         let name = "AZaz09+-._?=";
         assert!(StorePath::from_base_name(&format!("{HASH}-{name}")).is_ok());
-        for ok in [
-            ".foo",
-            "..foo",
-            "a.",
-            "-",
-            "a-.",
-            ".a-b",
-            "x".repeat(211).as_str(),
-        ] {
+        for ok in [".foo", "..foo", "a.", "-", "a-.", ".a-b", "x".repeat(211).as_str()] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
     }
@@ -206,15 +190,9 @@ mod tests {
             (format!("/nix/store/{HASH}_a"), MissingDash),
             (
                 format!("/nix/store/{}e-a", &HASH[..31]),
-                BadHash(nixbase32::Nixbase32Error::InvalidChar {
-                    position: 31,
-                    byte: b'e',
-                }),
+                BadHash(nixbase32::Nixbase32Error::InvalidChar { position: 31, byte: b'e' }),
             ),
-            (
-                format!("/nix/store/{HASH}-{}", "x".repeat(212)),
-                NameTooLong(212),
-            ),
+            (format!("/nix/store/{HASH}-{}", "x".repeat(212)), NameTooLong(212)),
             (format!("/nix/store/{HASH}-a/b"), InvalidNameChar(b'/')),
             (format!("/nix/store/{HASH}-a b"), InvalidNameChar(b' ')),
             (format!("/nix/store/{HASH}-a\0"), InvalidNameChar(0)),

@@ -1,1 +1,146 @@
-//! (to be written)
+//! Rendering NARs from the content-addressed store.
+//!
+//! - [`segment`]: the segment table of a NAR (literal framing + content spans).
+//! - [`stream`]: a byte range of a NAR as a stream, chunks fetched ahead concurrently.
+//! - [`reader`]: a NAR as `AsyncRead + AsyncSeek`.
+//!
+//! [`Renderer`] ties them to a backend: it loads NAR records, keeps their segment tables in a
+//! `moka` cache weighed by size (concurrent misses on one NAR build it once), and reads chunks
+//! through the chunk store's cache of verified chunks.
+
+pub mod reader;
+pub mod segment;
+pub mod stream;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use reader::NarReader;
+pub use segment::{SegmentTable, TableError};
+
+use crate::backend::{self, BackendError};
+use crate::castore::nar_record::nar_record_key;
+use crate::castore::record::RecordError;
+use crate::castore::{ChunkError, ChunkStore, NarRecord};
+
+/// Why a NAR could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// No NAR record for this NarHash.
+    #[error("no NAR record for sha256:{0}")]
+    NotFound(String),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The NAR record is corrupt or of an unknown version.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The NAR record's tree does not render (a validated record always does).
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// A chunk is missing or fails verification.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    /// The chunk list ended before the content stream did.
+    #[error("content stream ends early at offset {offset}")]
+    ShortContent {
+        /// The content-stream offset that had no chunk.
+        offset: u64,
+    },
+    /// A fetch task failed.
+    #[error("chunk fetch task failed: {0}")]
+    Task(String),
+}
+
+impl RenderError {
+    /// As an I/O error, for `AsyncRead`: integrity failures are `InvalidData`.
+    pub fn into_io(self) -> std::io::Error {
+        let kind = match &self {
+            RenderError::Chunk(ChunkError::Integrity { .. }) | RenderError::ShortContent { .. } => {
+                std::io::ErrorKind::InvalidData
+            }
+            RenderError::NotFound(_) => std::io::ErrorKind::NotFound,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, self)
+    }
+}
+
+/// Settings of a [`Renderer`].
+#[derive(Debug, Clone, Copy)]
+pub struct RenderConfig {
+    /// Capacity of the segment-table cache, in bytes.
+    pub table_cache_bytes: u64,
+    /// Chunks fetched ahead of the reader.
+    pub read_ahead: usize,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        RenderConfig { table_cache_bytes: 256 << 20, read_ahead: 8 }
+    }
+}
+
+/// Renders stored NARs: loads and caches their segment tables, reads their chunks.
+#[derive(Clone)]
+pub struct Renderer {
+    chunks: ChunkStore,
+    tables: moka::future::Cache<[u8; 32], Arc<SegmentTable>>,
+    read_ahead: usize,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer").field("chunks", &self.chunks).finish_non_exhaustive()
+    }
+}
+
+impl Renderer {
+    /// A renderer reading from `chunks` (and its backend).
+    pub fn new(chunks: ChunkStore, config: RenderConfig) -> Self {
+        let tables = moka::future::Cache::builder()
+            .weigher(|_k: &[u8; 32], t: &Arc<SegmentTable>| u32::try_from(t.weight()).unwrap_or(u32::MAX))
+            .max_capacity(config.table_cache_bytes)
+            .build();
+        Renderer { chunks, tables, read_ahead: config.read_ahead }
+    }
+
+    /// The segment table of the NAR with `nar_hash`: from the cache, or built from its record with
+    /// one backend GET (concurrent misses share it).
+    pub async fn table(&self, nar_hash: &[u8; 32]) -> Result<Arc<SegmentTable>, RenderError> {
+        let backend = self.chunks.backend().clone();
+        let hash = *nar_hash;
+        self.tables
+            .try_get_with(hash, async move {
+                let key = nar_record_key(&hash);
+                let bytes = match backend::get_bytes(backend.as_ref(), &key).await {
+                    Err(BackendError::NotFound { .. }) => {
+                        return Err(RenderError::NotFound(crate::nix::nixbase32::encode(&hash)));
+                    }
+                    other => other?,
+                };
+                let record = NarRecord::decode(&bytes)?;
+                Ok(Arc::new(SegmentTable::build(&record)?))
+            })
+            .await
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| RenderError::Task(shared.to_string())))
+    }
+
+    /// A seekable reader of the NAR with `nar_hash`.
+    pub async fn open(&self, nar_hash: &[u8; 32]) -> Result<NarReader, RenderError> {
+        Ok(NarReader::new(self.table(nar_hash).await?, self.chunks.clone(), self.read_ahead))
+    }
+
+    /// Bytes `range` of the NAR with `nar_hash`, as a stream (the range is clamped to the NAR).
+    pub async fn range(
+        &self,
+        nar_hash: &[u8; 32],
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes, RenderError>>, RenderError> {
+        let table = self.table(nar_hash).await?;
+        Ok(stream::render_range(table, self.chunks.clone(), range, self.read_ahead))
+    }
+}

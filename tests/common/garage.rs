@@ -73,13 +73,9 @@ pub async fn garage_backend() -> DynBackend {
 
 /// Like [`garage_backend`], as the concrete type (for tests of S3-specific behaviour).
 pub async fn garage_s3_backend() -> S3Backend {
-    let garage = tokio::task::spawn_blocking(garage)
-        .await
-        .expect("starting Garage");
+    let garage = tokio::task::spawn_blocking(garage).await.expect("starting Garage");
     let bucket = garage.create_bucket().await;
-    S3Backend::new(garage.config(&bucket))
-        .await
-        .expect("S3 backend for Garage")
+    S3Backend::new(garage.config(&bucket)).await.expect("S3 backend for Garage")
 }
 
 impl Garage {
@@ -137,35 +133,23 @@ admin_token = "{token}"
             _supervisor: supervisor,
             next_bucket: AtomicU64::new(0),
         };
-        garage.wait_until(
-            |g| g.cli(&["status"]).status.success(),
-            "Garage to answer `garage status`",
-        );
+        garage.wait_until(|g| g.cli(&["status"]).status.success(), "Garage to answer `garage status`");
 
         let node_id = garage.cli_ok(&["node", "id", "-q"]);
-        let node_id = node_id
-            .trim()
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let node_id = node_id.trim().split('@').next().unwrap_or_default().to_owned();
         garage.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id]);
         garage.cli_ok(&["layout", "apply", "--version", "1"]);
 
         let key = garage.cli_ok(&["key", "create", "nargate-test"]);
         let field = |name: &str| {
             let line = key.lines().find_map(|l| l.trim().strip_prefix(name));
-            line.map(|v| v.trim().to_owned()).unwrap_or_else(|| {
-                panic!("no {name:?} in the output of `garage key create`:\n{key}")
-            })
+            line.map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name:?} in the output of `garage key create`:\n{key}"))
         };
         garage.key_id = field("Key ID:");
         garage.secret_key = field("Secret key:");
         // Buckets can be made once the layout has reached every table.
-        garage.wait_until(
-            |g| g.cli(&["bucket", "list"]).status.success(),
-            "Garage's layout to be ready",
-        );
+        garage.wait_until(|g| g.cli(&["bucket", "list"]).status.success(), "Garage's layout to be ready");
         garage
     }
 
@@ -173,17 +157,8 @@ admin_token = "{token}"
     pub async fn create_bucket(&self) -> String {
         let name = format!("test-{}", self.next_bucket.fetch_add(1, Ordering::Relaxed));
         self.cli_async(&["bucket", "create", &name]).await;
-        self.cli_async(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            &name,
-            "--key",
-            &self.key_id,
-        ])
-        .await;
+        self.cli_async(&["bucket", "allow", "--read", "--write", "--owner", &name, "--key", &self.key_id])
+            .await;
         name
     }
 
@@ -204,19 +179,13 @@ admin_token = "{token}"
     /// The `garage` command for this server.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
-        command
-            .arg("-c")
-            .arg(self.dir.join("garage.toml"))
-            .args(args)
-            .stdin(Stdio::null());
+        command.arg("-c").arg(self.dir.join("garage.toml")).args(args).stdin(Stdio::null());
         command
     }
 
     /// Runs a `garage` command and returns what it did.
     fn cli(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running garage {args:?}: {e}"))
+        self.command(args).output().unwrap_or_else(|e| panic!("running garage {args:?}: {e}"))
     }
 
     /// Runs a `garage` command that must succeed, and returns its stdout.
@@ -253,10 +222,7 @@ admin_token = "{token}"
         let start = Instant::now();
         while !ready(self) {
             if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "gave up waiting for {what} after {START_TIMEOUT:?}\n{}",
-                    self.log_tail()
-                );
+                panic!("gave up waiting for {what} after {START_TIMEOUT:?}\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -278,11 +244,7 @@ admin_token = "{token}"
 fn find_garage() -> PathBuf {
     if let Some(bin) = std::env::var_os("GARAGE_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "$GARAGE_BIN is {}, which is not a file",
-            bin.display()
-        );
+        assert!(bin.is_file(), "$GARAGE_BIN is {}, which is not a file", bin.display());
         return bin;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -302,9 +264,8 @@ fn find_garage() -> PathBuf {
 /// Three distinct free TCP ports on loopback.
 fn free_ports() -> [u16; 3] {
     // Hold all three listeners at once so that the ports differ.
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
-        .collect();
+    let listeners: Vec<TcpListener> =
+        (0..3).map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free port")).collect();
     let port = |i: usize| listeners[i].local_addr().expect("bound port").port();
     [port(0), port(1), port(2)]
 }

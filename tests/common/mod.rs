@@ -12,14 +12,12 @@ use nargate::backend::DynBackend;
 use nargate::backend::fs::FsBackend;
 use tempfile::TempDir;
 
+#[allow(unused_imports)]
 pub use garage::garage_backend;
 
 /// A fresh fs backend in a temporary directory, which is removed when the [`TempDir`] drops.
 pub fn fs_backend() -> (TempDir, DynBackend) {
-    let dir = tempfile::Builder::new()
-        .prefix("nargate-fs-")
-        .tempdir()
-        .expect("temporary directory");
+    let dir = tempfile::Builder::new().prefix("nargate-fs-").tempdir().expect("temporary directory");
     let backend = FsBackend::new(dir.path().join("bucket")).expect("fs backend");
     (dir, Arc::new(backend))
 }

@@ -131,9 +131,7 @@ impl From<std::io::Error> for NarError {
     fn from(error: std::io::Error) -> Self {
         match error.downcast::<NarError>() {
             Ok(error) => error,
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                NarError::UnexpectedEof
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => NarError::UnexpectedEof,
             Err(error) => NarError::Io(error),
         }
     }
@@ -167,14 +165,9 @@ pub fn string_len(len: u64) -> u64 {
 /// without `/` or NUL.
 pub fn validate_name(name: &[u8]) -> Result<(), NarError> {
     if name.len() as u64 > MAX_NAME_LEN {
-        return Err(NarError::TooLong {
-            what: "name",
-            len: name.len() as u64,
-            max: MAX_NAME_LEN,
-        });
+        return Err(NarError::TooLong { what: "name", len: name.len() as u64, max: MAX_NAME_LEN });
     }
-    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0)
-    {
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
         return Err(NarError::InvalidName(lossy(name)));
     }
     Ok(())
@@ -199,10 +192,9 @@ pub fn validate_target(target: &[u8]) -> Result<(), NarError> {
 pub fn check_order(previous: Option<&[u8]>, name: &[u8]) -> Result<(), NarError> {
     match previous {
         Some(previous) if previous == name => Err(NarError::DuplicateEntry(lossy(name))),
-        Some(previous) if previous > name => Err(NarError::UnsortedEntries {
-            previous: lossy(previous),
-            name: lossy(name),
-        }),
+        Some(previous) if previous > name => {
+            Err(NarError::UnsortedEntries { previous: lossy(previous), name: lossy(name) })
+        }
         _ => Ok(()),
     }
 }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{
     CLOSE, CONTENTS, DIRECTORY, ENTRY, EXECUTABLE, MAGIC, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN,
-    MAX_TOKEN_LEN, NAME, NODE, NarError, OPEN, REGULAR, SYMLINK, TARGET, TYPE, check_order,
-    padding_len, validate_name, validate_target,
+    MAX_TOKEN_LEN, NAME, NODE, NarError, OPEN, REGULAR, SYMLINK, TARGET, TYPE, check_order, padding_len,
+    validate_name, validate_target,
 };
 
 /// One step through a NAR, in the order of the archive.
@@ -104,11 +104,7 @@ pub struct NarReader<R> {
 impl<R: AsyncRead + Unpin> NarReader<R> {
     /// A reader of the NAR that `reader` yields, from its first byte.
     pub fn new(reader: R) -> Self {
-        Self {
-            reader,
-            state: State::Start,
-            dirs: Vec::new(),
-        }
+        Self { reader, state: State::Start, dirs: Vec::new() }
     }
 
     /// The next event; `Ok(None)` once the root node is complete *and* the input is at EOF
@@ -166,9 +162,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
             return Ok(0);
         }
         self.state = State::Failed;
-        let want = buf
-            .len()
-            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let read = match want {
             0 => 0,
             want => match self.reader.read(&mut buf[..want]).await? {
@@ -229,28 +223,11 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
                 token = self.read_token().await?;
             }
             if !token.is(CONTENTS) {
-                let expected = if executable {
-                    "\"contents\""
-                } else {
-                    "\"executable\" or \"contents\""
-                };
-                return Err(NarError::UnexpectedToken {
-                    expected,
-                    found: token.lossy(),
-                });
+                let expected = if executable { "\"contents\"" } else { "\"executable\" or \"contents\"" };
+                return Err(NarError::UnexpectedToken { expected, found: token.lossy() });
             }
             let size = self.read_u64().await?;
-            (
-                NarEvent::File {
-                    name,
-                    executable,
-                    size,
-                },
-                State::Contents {
-                    size,
-                    remaining: size,
-                },
-            )
+            (NarEvent::File { name, executable, size }, State::Contents { size, remaining: size })
         } else if kind.is(SYMLINK) {
             self.expect(TARGET).await?;
             let target = self.read_string("symlink target", MAX_TARGET_LEN).await?;
@@ -282,10 +259,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
             return Ok(Some(NarEvent::EndDirectory));
         }
         if !token.is(ENTRY) {
-            return Err(NarError::UnexpectedToken {
-                expected: "\"entry\" or \")\"",
-                found: token.lossy(),
-            });
+            return Err(NarError::UnexpectedToken { expected: "\"entry\" or \")\"", found: token.lossy() });
         }
         self.expect(OPEN).await?;
         self.expect(NAME).await?;
@@ -306,10 +280,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
         if found.is(token) {
             Ok(())
         } else {
-            Err(NarError::UnexpectedToken {
-                expected: quoted(token),
-                found: found.lossy(),
-            })
+            Err(NarError::UnexpectedToken { expected: quoted(token), found: found.lossy() })
         }
     }
 
@@ -317,19 +288,10 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
     async fn read_token(&mut self) -> Result<Token, NarError> {
         let len = self.read_u64().await?;
         if len > MAX_TOKEN_LEN {
-            return Err(NarError::TooLong {
-                what: "token",
-                len,
-                max: MAX_TOKEN_LEN,
-            });
+            return Err(NarError::TooLong { what: "token", len, max: MAX_TOKEN_LEN });
         }
-        let mut token = Token {
-            bytes: [0; MAX_TOKEN_LEN as usize],
-            len: len as usize,
-        };
-        self.reader
-            .read_exact(&mut token.bytes[..token.len])
-            .await?;
+        let mut token = Token { bytes: [0; MAX_TOKEN_LEN as usize], len: len as usize };
+        self.reader.read_exact(&mut token.bytes[..token.len]).await?;
         self.read_padding(len).await?;
         Ok(token)
     }
@@ -366,8 +328,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
 
     /// Reads and discards `len` bytes.
     async fn skip(&mut self, len: u64) -> Result<(), NarError> {
-        let skipped =
-            tokio::io::copy(&mut (&mut self.reader).take(len), &mut tokio::io::sink()).await?;
+        let skipped = tokio::io::copy(&mut (&mut self.reader).take(len), &mut tokio::io::sink()).await?;
         if skipped < len {
             return Err(NarError::UnexpectedEof);
         }

@@ -38,24 +38,13 @@ const FILE_NODE: &[&[u8]] = &[b"(", b"type", b"regular", b"contents", b"abc", b"
 
 /// A tree with every kind of node, padding edges, and nesting.
 fn sample_tree() -> NarNode {
-    let file = |executable, contents: &[u8]| NarNode::File {
-        executable,
-        contents: contents.into(),
-    };
+    let file = |executable, contents: &[u8]| NarNode::File { executable, contents: contents.into() };
     NarNode::Directory(vec![
-        (
-            b"bin".to_vec(),
-            NarNode::Directory(vec![(b"hello".to_vec(), file(true, b"#!/bin/sh\n"))]),
-        ),
+        (b"bin".to_vec(), NarNode::Directory(vec![(b"hello".to_vec(), file(true, b"#!/bin/sh\n"))])),
         (b"eight".to_vec(), file(false, b"12345678")),
         (b"empty".to_vec(), file(false, b"")),
         (b"empty-dir".to_vec(), NarNode::Directory(vec![])),
-        (
-            b"link".to_vec(),
-            NarNode::Symlink {
-                target: b"bin/hello".to_vec(),
-            },
-        ),
+        (b"link".to_vec(), NarNode::Symlink { target: b"bin/hello".to_vec() }),
         (b"nine".to_vec(), file(false, b"123456789")),
         ("sp\u{e4}ce name".as_bytes().to_vec(), file(false, b"x")),
     ])
@@ -67,10 +56,7 @@ fn read(bytes: &[u8]) -> Result<NarNode, NarError> {
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(future)
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
 }
 
 /// An [`AsyncRead`] that yields one byte per read, and is not ready every other poll.
@@ -81,10 +67,7 @@ struct Trickle<R> {
 
 impl<R> Trickle<R> {
     fn new(inner: R) -> Self {
-        Self {
-            inner,
-            pending: false,
-        }
+        Self { inner, pending: false }
     }
 }
 
@@ -118,25 +101,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for Trickle<R> {
 macro_rules! assert_rejects {
     ($bytes:expr, $pattern:pat) => {{
         let result = read(&$bytes);
-        assert!(
-            matches!(result, Err($pattern)),
-            "expected {}, got {result:?}",
-            stringify!($pattern)
-        );
+        assert!(matches!(result, Err($pattern)), "expected {}, got {result:?}", stringify!($pattern));
     }};
 }
 
 #[test]
 fn padding() {
-    let expected = [
-        (0, 0),
-        (1, 7),
-        (7, 1),
-        (8, 0),
-        (9, 7),
-        (13, 3),
-        (u64::MAX, 1),
-    ];
+    let expected = [(0, 0), (1, 7), (7, 1), (8, 0), (9, 7), (13, 3), (u64::MAX, 1)];
     for (len, pad) in expected {
         assert_eq!(padding_len(len), pad, "{len}");
     }
@@ -154,11 +125,7 @@ fn names() {
     }
     assert!(matches!(
         validate_name(&[b'x'; 256]),
-        Err(NarError::TooLong {
-            what: "name",
-            len: 256,
-            max: 255
-        })
+        Err(NarError::TooLong { what: "name", len: 256, max: 255 })
     ));
 }
 
@@ -168,14 +135,8 @@ fn order() {
     assert!(check_order(Some(b"a"), b"b").is_ok());
     assert!(check_order(Some(b"a"), b"a0").is_ok());
     assert!(check_order(Some(b"B"), b"a").is_ok());
-    assert!(matches!(
-        check_order(Some(b"b"), b"a"),
-        Err(NarError::UnsortedEntries { .. })
-    ));
-    assert!(matches!(
-        check_order(Some(b"a"), b"a"),
-        Err(NarError::DuplicateEntry(_))
-    ));
+    assert!(matches!(check_order(Some(b"b"), b"a"), Err(NarError::UnsortedEntries { .. })));
+    assert!(matches!(check_order(Some(b"a"), b"a"), Err(NarError::DuplicateEntry(_))));
 }
 
 #[test]
@@ -193,64 +154,25 @@ fn io_error_round_trip() {
 
 #[test]
 fn golden_single_file() {
-    let nar = write_nar(&NarNode::File {
-        executable: false,
-        contents: b"abc".to_vec(),
-    })
-    .unwrap();
-    let expected = strings(&[
-        b"nix-archive-1",
-        b"(",
-        b"type",
-        b"regular",
-        b"contents",
-        b"abc",
-        b")",
-    ]);
+    let nar = write_nar(&NarNode::File { executable: false, contents: b"abc".to_vec() }).unwrap();
+    let expected = strings(&[b"nix-archive-1", b"(", b"type", b"regular", b"contents", b"abc", b")"]);
     assert_eq!(nar, expected);
     assert_eq!(&nar[..24], b"\x0d\0\0\0\0\0\0\0nix-archive-1\0\0\0");
 
-    let exe = write_nar(&NarNode::File {
-        executable: true,
-        contents: vec![],
-    })
-    .unwrap();
-    let expected = strings(&[
-        b"nix-archive-1",
-        b"(",
-        b"type",
-        b"regular",
-        b"executable",
-        b"",
-        b"contents",
-        b"",
-        b")",
-    ]);
+    let exe = write_nar(&NarNode::File { executable: true, contents: vec![] }).unwrap();
+    let expected =
+        strings(&[b"nix-archive-1", b"(", b"type", b"regular", b"executable", b"", b"contents", b"", b")"]);
     assert_eq!(exe, expected);
 }
 
 #[test]
 fn golden_directory() {
     let tree = NarNode::Directory(vec![
-        (
-            b"a".to_vec(),
-            NarNode::File {
-                executable: false,
-                contents: b"abc".to_vec(),
-            },
-        ),
-        (
-            b"b".to_vec(),
-            NarNode::Symlink {
-                target: b"a".to_vec(),
-            },
-        ),
+        (b"a".to_vec(), NarNode::File { executable: false, contents: b"abc".to_vec() }),
+        (b"b".to_vec(), NarNode::Symlink { target: b"a".to_vec() }),
     ]);
     let symlink: &[&[u8]] = &[b"(", b"type", b"symlink", b"target", b"a", b")"];
-    assert_eq!(
-        write_nar(&tree).unwrap(),
-        directory(&[(b"a", FILE_NODE), (b"b", symlink)])
-    );
+    assert_eq!(write_nar(&tree).unwrap(), directory(&[(b"a", FILE_NODE), (b"b", symlink)]));
 }
 
 #[test]
@@ -265,11 +187,7 @@ fn events_in_order() {
         events
     });
     let name = |s: &str| Some(bytes::Bytes::copy_from_slice(s.as_bytes()));
-    let file = |n: &str, executable, size| NarEvent::File {
-        name: name(n),
-        executable,
-        size,
-    };
+    let file = |n: &str, executable, size| NarEvent::File { name: name(n), executable, size };
     assert_eq!(
         events,
         vec![
@@ -279,14 +197,9 @@ fn events_in_order() {
             NarEvent::EndDirectory,
             file("eight", false, 8),
             file("empty", false, 0),
-            NarEvent::Directory {
-                name: name("empty-dir")
-            },
+            NarEvent::Directory { name: name("empty-dir") },
             NarEvent::EndDirectory,
-            NarEvent::Symlink {
-                name: name("link"),
-                target: "bin/hello".into()
-            },
+            NarEvent::Symlink { name: name("link"), target: "bin/hello".into() },
             file("nine", false, 9),
             file("sp\u{e4}ce name", false, 1),
             NarEvent::EndDirectory,
@@ -320,10 +233,7 @@ fn partial_contents_are_skipped() {
 fn reads_one_byte_at_a_time() {
     let tree = sample_tree();
     let nar = write_nar(&tree).unwrap();
-    assert_eq!(
-        block_on(read_nar_tree(Trickle::new(&nar[..]))).unwrap(),
-        tree
-    );
+    assert_eq!(block_on(read_nar_tree(Trickle::new(&nar[..]))).unwrap(), tree);
 }
 
 #[test]
@@ -340,106 +250,17 @@ fn rejects_bad_tokens() {
     let cases: &[(&[&[u8]], &str)] = &[
         (&[b"nix-archive-1", b"x"], "\"(\""),
         (&[b"nix-archive-1", b"(", b"tipe"], "\"type\""),
-        (
-            &[b"nix-archive-1", b"(", b"type", b"socket"],
-            "\"regular\", \"symlink\" or \"directory\"",
-        ),
-        (
-            &[b"nix-archive-1", b"(", b"type", b"regular", b"target"],
-            "\"executable\" or \"contents\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"regular",
-                b"executable",
-                b"x",
-            ],
-            "\"\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"regular",
-                b"executable",
-                b"",
-                b"executable",
-            ],
-            "\"contents\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"regular",
-                b"contents",
-                b"",
-                b"(",
-            ],
-            "\")\"",
-        ),
-        (
-            &[b"nix-archive-1", b"(", b"type", b"symlink", b"contents"],
-            "\"target\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"symlink",
-                b"target",
-                b"a",
-                b"entry",
-            ],
-            "\")\"",
-        ),
-        (
-            &[b"nix-archive-1", b"(", b"type", b"directory", b"name"],
-            "\"entry\" or \")\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"name",
-            ],
-            "\"(\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"node",
-            ],
-            "\"name\"",
-        ),
-        (
-            &[
-                b"nix-archive-1",
-                b"(",
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                b"a",
-                b"(",
-            ],
-            "\"node\"",
-        ),
+        (&[b"nix-archive-1", b"(", b"type", b"socket"], "\"regular\", \"symlink\" or \"directory\""),
+        (&[b"nix-archive-1", b"(", b"type", b"regular", b"target"], "\"executable\" or \"contents\""),
+        (&[b"nix-archive-1", b"(", b"type", b"regular", b"executable", b"x"], "\"\""),
+        (&[b"nix-archive-1", b"(", b"type", b"regular", b"executable", b"", b"executable"], "\"contents\""),
+        (&[b"nix-archive-1", b"(", b"type", b"regular", b"contents", b"", b"("], "\")\""),
+        (&[b"nix-archive-1", b"(", b"type", b"symlink", b"contents"], "\"target\""),
+        (&[b"nix-archive-1", b"(", b"type", b"symlink", b"target", b"a", b"entry"], "\")\""),
+        (&[b"nix-archive-1", b"(", b"type", b"directory", b"name"], "\"entry\" or \")\""),
+        (&[b"nix-archive-1", b"(", b"type", b"directory", b"entry", b"name"], "\"(\""),
+        (&[b"nix-archive-1", b"(", b"type", b"directory", b"entry", b"(", b"node"], "\"name\""),
+        (&[b"nix-archive-1", b"(", b"type", b"directory", b"entry", b"(", b"name", b"a", b"("], "\"node\""),
         // Upper case is not the token.
         (&[b"nix-archive-1", b"(", b"TYPE"], "\"type\""),
     ];
@@ -454,26 +275,12 @@ fn rejects_bad_tokens() {
     let mut nar = directory(&[(b"a", FILE_NODE)]);
     nar.truncate(nar.len() - 32); // drop the entry's `)` and the directory's `)`
     nar.extend(strings(&[b"entry"]));
-    assert_rejects!(
-        nar,
-        NarError::UnexpectedToken {
-            expected: "\")\"",
-            ..
-        }
-    );
+    assert_rejects!(nar, NarError::UnexpectedToken { expected: "\")\"", .. });
 }
 
 #[test]
 fn rejects_nonzero_padding() {
-    let valid = strings(&[
-        b"nix-archive-1",
-        b"(",
-        b"type",
-        b"regular",
-        b"contents",
-        b"abc",
-        b")",
-    ]);
+    let valid = strings(&[b"nix-archive-1", b"(", b"type", b"regular", b"contents", b"abc", b")"]);
     assert!(read(&valid).is_ok());
     // Padding of the magic, of `(`, `type`, `regular`, the contents `abc`, and the last `)`.
     for offset in [21, 33, 53, 71, 100, 119] {
@@ -482,36 +289,18 @@ fn rejects_nonzero_padding() {
         nar[offset] = 1;
         let result = read(&nar);
         if offset < 24 {
-            assert!(
-                matches!(result, Err(NarError::BadMagic)),
-                "{offset}: {result:?}"
-            );
+            assert!(matches!(result, Err(NarError::BadMagic)), "{offset}: {result:?}");
         } else {
-            assert!(
-                matches!(result, Err(NarError::NonZeroPadding)),
-                "{offset}: {result:?}"
-            );
+            assert!(matches!(result, Err(NarError::NonZeroPadding)), "{offset}: {result:?}");
         }
     }
     // Padding of a name and of a symlink target.
     let name = directory(&[(b"a", FILE_NODE)]);
-    let offset = name
-        .windows(9)
-        .position(|w| w == b"a\0\0\0\0\0\0\0\x04")
-        .unwrap()
-        + 1;
+    let offset = name.windows(9).position(|w| w == b"a\0\0\0\0\0\0\0\x04").unwrap() + 1;
     let mut nar = name.clone();
     nar[offset] = 0xff;
     assert_rejects!(nar, NarError::NonZeroPadding);
-    let mut nar = strings(&[
-        b"nix-archive-1",
-        b"(",
-        b"type",
-        b"symlink",
-        b"target",
-        b"ab",
-        b")",
-    ]);
+    let mut nar = strings(&[b"nix-archive-1", b"(", b"type", b"symlink", b"target", b"ab", b")"]);
     let offset = nar.windows(2).position(|w| w == b"ab").unwrap() + 2;
     nar[offset + 5] = 0x20;
     assert_rejects!(nar, NarError::NonZeroPadding);
@@ -520,26 +309,11 @@ fn rejects_nonzero_padding() {
 #[test]
 fn rejects_unsorted_and_duplicate_entries() {
     assert!(read(&directory(&[(b"a", FILE_NODE), (b"b", FILE_NODE)])).is_ok());
-    assert!(
-        read(&directory(&[(b"B", FILE_NODE), (b"a", FILE_NODE)])).is_ok(),
-        "byte order"
-    );
-    assert!(
-        read(&directory(&[(b"a", FILE_NODE), (b"a0", FILE_NODE)])).is_ok(),
-        "prefix first"
-    );
-    assert_rejects!(
-        directory(&[(b"b", FILE_NODE), (b"a", FILE_NODE)]),
-        NarError::UnsortedEntries { .. }
-    );
-    assert_rejects!(
-        directory(&[(b"a0", FILE_NODE), (b"a", FILE_NODE)]),
-        NarError::UnsortedEntries { .. }
-    );
-    assert_rejects!(
-        directory(&[(b"a", FILE_NODE), (b"a", FILE_NODE)]),
-        NarError::DuplicateEntry(_)
-    );
+    assert!(read(&directory(&[(b"B", FILE_NODE), (b"a", FILE_NODE)])).is_ok(), "byte order");
+    assert!(read(&directory(&[(b"a", FILE_NODE), (b"a0", FILE_NODE)])).is_ok(), "prefix first");
+    assert_rejects!(directory(&[(b"b", FILE_NODE), (b"a", FILE_NODE)]), NarError::UnsortedEntries { .. });
+    assert_rejects!(directory(&[(b"a0", FILE_NODE), (b"a", FILE_NODE)]), NarError::UnsortedEntries { .. });
+    assert_rejects!(directory(&[(b"a", FILE_NODE), (b"a", FILE_NODE)]), NarError::DuplicateEntry(_));
     assert_rejects!(
         directory(&[(b"a", FILE_NODE), (b"c", FILE_NODE), (b"b", FILE_NODE)]),
         NarError::UnsortedEntries { .. }
@@ -550,10 +324,7 @@ fn rejects_unsorted_and_duplicate_entries() {
 fn rejects_invalid_names() {
     for name in [&b""[..], b".", b"..", b"/", b"a/b", b"a/", b"\0", b"a\0b"] {
         let result = read(&directory(&[(name, FILE_NODE)]));
-        assert!(
-            matches!(result, Err(NarError::InvalidName(_))),
-            "{name:?}: {result:?}"
-        );
+        assert!(matches!(result, Err(NarError::InvalidName(_))), "{name:?}: {result:?}");
     }
     for name in [&b"..."[..], b".a", b"a b", b"\xff\xfe", b"-"] {
         assert!(read(&directory(&[(name, FILE_NODE)])).is_ok(), "{name:?}");
@@ -563,15 +334,7 @@ fn rejects_invalid_names() {
 #[test]
 fn rejects_invalid_symlink_targets() {
     for target in [&b""[..], b"a\0b"] {
-        let nar = strings(&[
-            b"nix-archive-1",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            target,
-            b")",
-        ]);
+        let nar = strings(&[b"nix-archive-1", b"(", b"type", b"symlink", b"target", target, b")"]);
         assert_rejects!(nar, NarError::InvalidTarget(_));
     }
 }
@@ -581,59 +344,25 @@ fn rejects_overlong_strings() {
     let token = [b'x'; 65];
     assert_rejects!(
         strings(&[b"nix-archive-1", b"(", &token]),
-        NarError::TooLong {
-            what: "token",
-            len: 65,
-            max: MAX_TOKEN_LEN
-        }
+        NarError::TooLong { what: "token", len: 65, max: MAX_TOKEN_LEN }
     );
     // A 64-byte token is within bounds, and merely not a token.
-    assert_rejects!(
-        strings(&[b"nix-archive-1", b"(", &token[..64]]),
-        NarError::UnexpectedToken { .. }
-    );
+    assert_rejects!(strings(&[b"nix-archive-1", b"(", &token[..64]]), NarError::UnexpectedToken { .. });
     let name = [b'x'; 256];
     assert_rejects!(
         directory(&[(&name, FILE_NODE)]),
-        NarError::TooLong {
-            what: "name",
-            len: 256,
-            max: MAX_NAME_LEN
-        }
+        NarError::TooLong { what: "name", len: 256, max: MAX_NAME_LEN }
     );
     assert!(read(&directory(&[(&name[..255], FILE_NODE)])).is_ok());
     let target = [b'x'; 4096];
-    let symlink = |target: &[u8]| {
-        strings(&[
-            b"nix-archive-1",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            target,
-            b")",
-        ])
-    };
-    assert_rejects!(
-        symlink(&target),
-        NarError::TooLong {
-            what: "symlink target",
-            len: 4096,
-            max: 4095
-        }
-    );
+    let symlink =
+        |target: &[u8]| strings(&[b"nix-archive-1", b"(", b"type", b"symlink", b"target", target, b")"]);
+    assert_rejects!(symlink(&target), NarError::TooLong { what: "symlink target", len: 4096, max: 4095 });
     assert!(read(&symlink(&target[..4095])).is_ok());
     // A huge length is refused before anything is allocated.
     let mut nar = strings(&[b"nix-archive-1", b"("]);
     nar.extend_from_slice(&u64::MAX.to_le_bytes());
-    assert_rejects!(
-        nar,
-        NarError::TooLong {
-            what: "token",
-            len: u64::MAX,
-            ..
-        }
-    );
+    assert_rejects!(nar, NarError::TooLong { what: "token", len: u64::MAX, .. });
 }
 
 /// A NAR of `depth` nested directories, each the single entry `d` of its parent.
@@ -650,23 +379,11 @@ fn rejects_too_deep() {
     let deepest = nested(MAX_DEPTH);
     let nar = write_nar(&deepest).unwrap();
     assert_eq!(read(&nar).unwrap(), deepest);
-    assert!(matches!(
-        write_nar(&nested(MAX_DEPTH + 1)),
-        Err(NarError::TooDeep)
-    ));
+    assert!(matches!(write_nar(&nested(MAX_DEPTH + 1)), Err(NarError::TooDeep)));
     // The same NAR, made by hand one level deeper.
     let mut parts: Vec<&[u8]> = vec![b"nix-archive-1"];
     for _ in 0..MAX_DEPTH {
-        parts.extend_from_slice(&[
-            b"(",
-            b"type",
-            b"directory",
-            b"entry",
-            b"(",
-            b"name",
-            b"d",
-            b"node",
-        ]);
+        parts.extend_from_slice(&[b"(", b"type", b"directory", b"entry", b"(", b"name", b"d", b"node"]);
     }
     parts.extend_from_slice(&[b"(", b"type", b"directory"]);
     assert_rejects!(strings(&parts), NarError::TooDeep);
@@ -677,20 +394,13 @@ fn rejects_truncation_everywhere() {
     let nar = write_nar(&sample_tree()).unwrap();
     for len in 0..nar.len() {
         let result = read(&nar[..len]);
-        assert!(
-            matches!(result, Err(NarError::UnexpectedEof)),
-            "truncated at {len}: {result:?}"
-        );
+        assert!(matches!(result, Err(NarError::UnexpectedEof)), "truncated at {len}: {result:?}");
     }
 }
 
 #[test]
 fn rejects_truncated_contents_with_read_contents() {
-    let nar = write_nar(&NarNode::File {
-        executable: false,
-        contents: vec![7; 100],
-    })
-    .unwrap();
+    let nar = write_nar(&NarNode::File { executable: false, contents: vec![7; 100] }).unwrap();
     let truncated = &nar[..nar.len() - 40];
     let result = block_on(async {
         let mut reader = NarReader::new(truncated);
@@ -716,15 +426,9 @@ fn errors_are_final() {
     let nar = strings(&[b"nix-archive-1", b"(", b"tipe"]);
     block_on(async {
         let mut reader = NarReader::new(&nar[..]);
-        assert!(matches!(
-            reader.next().await,
-            Err(NarError::UnexpectedToken { .. })
-        ));
+        assert!(matches!(reader.next().await, Err(NarError::UnexpectedToken { .. })));
         assert!(matches!(reader.next().await, Err(NarError::ReaderFailed)));
-        assert!(matches!(
-            reader.read_contents(&mut [0; 8]).await,
-            Err(NarError::ReaderFailed)
-        ));
+        assert!(matches!(reader.read_contents(&mut [0; 8]).await, Err(NarError::ReaderFailed)));
     });
 }
 
@@ -741,10 +445,7 @@ fn writer_holes_match_whole_files() {
     assert!(writer.is_complete());
     let tree = NarNode::Directory(vec![(
         b"f".to_vec(),
-        NarNode::File {
-            executable: true,
-            contents: b"hello".to_vec(),
-        },
+        NarNode::File { executable: true, contents: b"hello".to_vec() },
     )]);
     assert_eq!(writer.finish().unwrap(), write_nar(&tree).unwrap());
 }
@@ -752,10 +453,7 @@ fn writer_holes_match_whole_files() {
 #[test]
 fn writer_refuses_misuse() {
     fn misuse(result: io::Result<()>) -> bool {
-        matches!(
-            result.map_err(NarError::from),
-            Err(NarError::WriterMisuse(_))
-        )
+        matches!(result.map_err(NarError::from), Err(NarError::WriterMisuse(_)))
     }
     let new = || NarWriter::new(Vec::new()).unwrap();
 
@@ -769,16 +467,10 @@ fn writer_refuses_misuse() {
     assert!(misuse(w.symlink(b"x")), "node inside a file");
     w.file_trailer(3).unwrap();
     assert!(misuse(w.directory_start()), "second root node");
-    assert!(
-        w.is_complete(),
-        "the writer counts calls, not content bytes"
-    );
+    assert!(w.is_complete(), "the writer counts calls, not content bytes");
 
     let mut w = new();
-    assert!(misuse(
-        w.file_header(false, 0)
-            .and_then(|()| w.file_header(false, 0))
-    ));
+    assert!(misuse(w.file_header(false, 0).and_then(|()| w.file_header(false, 0))));
     let mut w = new();
     w.directory_start().unwrap();
     assert!(misuse(w.entry_end()), "no entry open");
@@ -794,19 +486,13 @@ fn writer_refuses_misuse() {
     assert!(matches!(unsorted, Err(NarError::UnsortedEntries { .. })));
     let duplicate = w.entry_start(b"b").map_err(NarError::from);
     assert!(matches!(duplicate, Err(NarError::DuplicateEntry(_))));
-    assert!(matches!(
-        w.entry_start(b"..").map_err(NarError::from),
-        Err(NarError::InvalidName(_))
-    ));
+    assert!(matches!(w.entry_start(b"..").map_err(NarError::from), Err(NarError::InvalidName(_))));
     assert!(!w.is_complete());
     assert!(misuse(w.finish().map(drop)), "finish with a directory open");
 
     let mut w = new();
     let len = w.get_ref().len();
-    assert!(matches!(
-        w.symlink(b"").map_err(NarError::from),
-        Err(NarError::InvalidTarget(_))
-    ));
+    assert!(matches!(w.symlink(b"").map_err(NarError::from), Err(NarError::InvalidTarget(_))));
     assert_eq!(w.get_ref().len(), len, "a refused call writes nothing");
     w.symlink(b"target").unwrap();
     assert!(w.finish().is_ok());
@@ -824,12 +510,8 @@ fn name_strategy() -> impl Strategy<Value = Vec<u8>> {
 /// Random trees of every node kind, up to 4 levels of directories.
 fn tree_strategy() -> impl Strategy<Value = NarNode> {
     let leaf = prop_oneof![
-        (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(
-            |(executable, contents)| NarNode::File {
-                executable,
-                contents
-            }
-        ),
+        (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(executable, contents)| NarNode::File { executable, contents }),
         proptest::collection::vec(1..=255u8, 1..20).prop_map(|target| NarNode::Symlink { target }),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {

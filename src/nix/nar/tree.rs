@@ -39,15 +39,9 @@ pub fn write_nar(node: &NarNode) -> Result<Vec<u8>, NarError> {
 }
 
 /// Writes `node` (and, for a directory, everything below it) where `writer` expects a node.
-pub fn write_node<W: std::io::Write>(
-    writer: &mut NarWriter<W>,
-    node: &NarNode,
-) -> Result<(), NarError> {
+pub fn write_node<W: std::io::Write>(writer: &mut NarWriter<W>, node: &NarNode) -> Result<(), NarError> {
     match node {
-        NarNode::File {
-            executable,
-            contents,
-        } => writer.file(*executable, contents)?,
+        NarNode::File { executable, contents } => writer.file(*executable, contents)?,
         NarNode::Symlink { target } => writer.symlink(target)?,
         NarNode::Directory(entries) => {
             writer.directory_start()?;
@@ -71,11 +65,7 @@ pub async fn read_nar_tree<R: AsyncRead + Unpin>(reader: R) -> Result<NarNode, N
     let mut root = None;
     while let Some(event) = reader.next().await? {
         let (name, node) = match event {
-            NarEvent::File {
-                name,
-                executable,
-                size: _,
-            } => {
+            NarEvent::File { name, executable, size: _ } => {
                 let mut contents = Vec::new();
                 loop {
                     match reader.read_contents(&mut buf).await? {
@@ -83,20 +73,9 @@ pub async fn read_nar_tree<R: AsyncRead + Unpin>(reader: R) -> Result<NarNode, N
                         n => contents.extend_from_slice(&buf[..n]),
                     }
                 }
-                (
-                    name,
-                    NarNode::File {
-                        executable,
-                        contents,
-                    },
-                )
+                (name, NarNode::File { executable, contents })
             }
-            NarEvent::Symlink { name, target } => (
-                name,
-                NarNode::Symlink {
-                    target: target.into(),
-                },
-            ),
+            NarEvent::Symlink { name, target } => (name, NarNode::Symlink { target: target.into() }),
             NarEvent::Directory { name } => {
                 open.push((name, Vec::new()));
                 continue;

@@ -20,8 +20,8 @@
 use std::io::{self, Write};
 
 use super::{
-    CLOSE, CONTENTS, DIRECTORY, ENTRY, EXECUTABLE, MAGIC, MAX_DEPTH, NAME, NODE, NarError, OPEN,
-    REGULAR, SYMLINK, TARGET, TYPE, check_order, padding_len, validate_name, validate_target,
+    CLOSE, CONTENTS, DIRECTORY, ENTRY, EXECUTABLE, MAGIC, MAX_DEPTH, NAME, NODE, NarError, OPEN, REGULAR,
+    SYMLINK, TARGET, TYPE, check_order, padding_len, validate_name, validate_target,
 };
 
 /// An open directory: the name of its last entry, and whether that entry is still open.
@@ -46,12 +46,7 @@ pub struct NarWriter<W: Write> {
 impl<W: Write> NarWriter<W> {
     /// A writer into `writer`; writes the magic `nix-archive-1`. The root node is due next.
     pub fn new(writer: W) -> io::Result<Self> {
-        let mut this = Self {
-            writer,
-            node_due: true,
-            open_file: None,
-            dirs: Vec::new(),
-        };
+        let mut this = Self { writer, node_due: true, open_file: None, dirs: Vec::new() };
         this.write_str(MAGIC)?;
         Ok(this)
     }
@@ -106,10 +101,7 @@ impl<W: Write> NarWriter<W> {
         }
         self.begin_node()?;
         self.write_strs(&[OPEN, TYPE, DIRECTORY])?;
-        self.dirs.push(Frame {
-            last: None,
-            entry_open: false,
-        });
+        self.dirs.push(Frame { last: None, entry_open: false });
         Ok(())
     }
 

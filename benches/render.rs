@@ -1,0 +1,202 @@
+//! The renderer's benchmark: `cargo bench --bench render` (optionally `-- --mib 512`).
+//!
+//! Generates a NAR of at least 256 MiB with both large files and many small ones, ingests it into
+//! the fs backend, and prints, from one run:
+//! - render throughput of the whole NAR (cold chunk cache) against `cat` of the NAR file (ratio);
+//! - ranged-read latency (64 KiB, cold caches) at offset 0 against near the end (ratio ~1);
+//! - stored bytes ÷ NAR bytes, and ÷ the NAR compressed with `zstd -3`.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nargate::backend::DynBackend;
+use nargate::backend::fs::FsBackend;
+use nargate::castore::ChunkStore;
+use nargate::ingest::{IngestOptions, ingest_nar};
+use nargate::nix::nar::{NarNode, write_nar};
+use nargate::render::{RenderConfig, Renderer};
+use tokio::io::AsyncReadExt;
+
+/// Bytes that compress somewhat, like binaries and text do.
+fn content(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let words: [&[u8]; 8] =
+        [b"nix", b"store ", b"\x00\x00\x00\x00", b"lib", b"/bin/", b"\x7fELF", b"main", b"hello world\n"];
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x.is_multiple_of(3) {
+            out.extend_from_slice(words[(x >> 8) as usize % 8]);
+        } else {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+fn tree(total_mib: usize) -> NarNode {
+    let large = total_mib * 3 / 4;
+    let mut root = vec![];
+    for i in 0..(large / 32).max(1) {
+        root.push((
+            format!("lib{i:02}.so").into_bytes(),
+            NarNode::File { executable: true, contents: content(32 << 20, i as u64) },
+        ));
+    }
+    let mut small = vec![];
+    let mut bytes = 0;
+    let mut i = 0u64;
+    while bytes < (total_mib - large) << 20 {
+        let n = 512 + (i as usize * 7919) % 16384;
+        small.push((
+            format!("f{i:06}").into_bytes(),
+            NarNode::File { executable: false, contents: content(n, 1000 + i) },
+        ));
+        bytes += n;
+        i += 1;
+    }
+    root.push((b"share".to_vec(), NarNode::Directory(small)));
+    NarNode::Directory(root)
+}
+
+async fn drain(
+    mut stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, nargate::render::RenderError>>,
+) -> u64 {
+    let mut n = 0;
+    while let Some(piece) = stream.next().await {
+        n += piece.expect("render").len() as u64;
+    }
+    n
+}
+
+async fn cat_throughput(path: &Path) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut child =
+        tokio::process::Command::new("cat").arg(path).stdout(Stdio::piped()).spawn().expect("cat");
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let r = out.read(&mut buf).await.unwrap();
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    child.wait().await.unwrap();
+    (n, start.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib = args
+        .iter()
+        .position(|a| a == "--mib")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256usize);
+    let dir = tempfile::tempdir().unwrap();
+    let nar = write_nar(&tree(mib)).unwrap();
+    let nar_path = dir.path().join("big.nar");
+    std::fs::write(&nar_path, &nar).unwrap();
+    let nar_size = nar.len() as u64;
+    println!("NAR: {:.1} MiB", nar_size as f64 / (1 << 20) as f64);
+
+    let backend: DynBackend = Arc::new(FsBackend::new(dir.path().join("store")).unwrap());
+    let store = ChunkStore::new(backend.clone(), 256 << 20);
+    let start = Instant::now();
+    let ingested = ingest_nar(&store, &nar[..], &IngestOptions::default()).await.unwrap();
+    let ingest_time = start.elapsed();
+    drop(nar);
+    println!(
+        "ingest: {:.0} MiB/s ({} chunks, {:.1} s)",
+        mib_per_s(nar_size, ingest_time),
+        ingested.chunks,
+        ingest_time.as_secs_f64()
+    );
+    let hash = ingested.record.nar_hash;
+
+    // Warm the page cache for both sides, then measure.
+    cat_throughput(&nar_path).await;
+    let (n, cat_time) = cat_throughput(&nar_path).await;
+    assert_eq!(n, nar_size);
+    let mut render_times = vec![];
+    for _ in 0..3 {
+        let renderer = Renderer::new(ChunkStore::new(backend.clone(), 64 << 20), RenderConfig::default());
+        let start = Instant::now();
+        let n = drain(renderer.range(&hash, 0..u64::MAX).await.unwrap()).await;
+        render_times.push(start.elapsed());
+        assert_eq!(n, nar_size);
+    }
+    let render_time = median(render_times);
+    println!(
+        "whole NAR: render {:.0} MiB/s, cat {:.0} MiB/s, ratio render/cat = {:.2}",
+        mib_per_s(nar_size, render_time),
+        mib_per_s(nar_size, cat_time),
+        cat_time.as_secs_f64() / render_time.as_secs_f64()
+    );
+
+    let latency = |offset: u64| {
+        let backend = backend.clone();
+        async move {
+            let mut times = vec![];
+            for _ in 0..15 {
+                let renderer =
+                    Renderer::new(ChunkStore::new(backend.clone(), 64 << 20), RenderConfig::default());
+                let start = Instant::now();
+                drain(renderer.range(&hash, offset..offset + 65536).await.unwrap()).await;
+                times.push(start.elapsed());
+            }
+            median(times)
+        }
+    };
+    let at_start = latency(0).await;
+    let at_end = latency(nar_size - 70_000).await;
+    println!(
+        "cold 64 KiB ranged read: offset 0 {:.2} ms, near the end {:.2} ms, ratio end/start = {:.2}",
+        at_start.as_secs_f64() * 1e3,
+        at_end.as_secs_f64() * 1e3,
+        at_end.as_secs_f64() / at_start.as_secs_f64()
+    );
+
+    let stored = dir_size(&dir.path().join("store"));
+    let zstd = std::process::Command::new("zstd")
+        .args(["-3", "-q", "-c", "-T0"])
+        .arg(&nar_path)
+        .output()
+        .expect("zstd");
+    let zstd_size = zstd.stdout.len() as u64;
+    println!(
+        "stored {:.1} MiB: stored/NAR = {:.3}, stored/zstd-3 = {:.3} (zstd -3: {:.1} MiB)",
+        stored as f64 / (1 << 20) as f64,
+        stored as f64 / nar_size as f64,
+        stored as f64 / zstd_size as f64,
+        zstd_size as f64 / (1 << 20) as f64
+    );
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() { dir_size(&entry.path()) } else { meta.len() };
+    }
+    total
+}

@@ -1,0 +1,129 @@
+//! The records a cache writes: its settings, its path infos, its membership of NARs, and the
+//! narinfos waiting for their NAR.
+
+use serde::{Deserialize, Serialize};
+
+use crate::castore::record::{self, RecordError, RecordKind};
+
+/// The version of every record in this module.
+pub const CACHE_RECORDS_VERSION: u8 = 1;
+
+/// A bucket's settings (`caches/<bucket>/bucket`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Whether anonymous clients may read.
+    pub anonymous_read: bool,
+    /// The secret key narinfos are signed with (`name:base64`), if any.
+    pub signing_key: Option<String>,
+    /// The `Priority` of `nix-cache-info`.
+    pub priority: u32,
+}
+
+/// What a cache knows of one store path (`caches/<bucket>/pathinfo/<storehash>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// The full store path.
+    pub store_path: String,
+    /// SHA-256 of its NAR (the NAR record's key).
+    pub nar_hash: [u8; 32],
+    /// The NAR's size.
+    pub nar_size: u64,
+    /// References, as base names.
+    pub references: Vec<String>,
+    /// The deriver, as a base name.
+    pub deriver: Option<String>,
+    /// Signatures as uploaded (`name:base64`).
+    pub signatures: Vec<String>,
+    /// The content address, if any.
+    pub ca: Option<String>,
+    /// Upload time, seconds since the Unix epoch.
+    pub uploaded: u64,
+}
+
+/// This cache holds a NAR (`caches/<bucket>/nars/<narhash>`): what listing and HEAD need of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheNar {
+    /// The NAR's size.
+    pub nar_size: u64,
+    /// MD5 of the NAR: its ETag.
+    pub nar_md5: [u8; 16],
+}
+
+/// A narinfo waiting for its NAR (`caches/<bucket>/pending/<narhash>/<storehash>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The narinfo as uploaded.
+    pub narinfo: String,
+}
+
+macro_rules! record_codec {
+    ($ty:ty, $kind:expr) => {
+        impl $ty {
+            /// Serializes the record.
+            pub fn encode(&self) -> Vec<u8> {
+                record::encode($kind, CACHE_RECORDS_VERSION, self)
+            }
+
+            /// Reads the record.
+            pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+                record::decode($kind, CACHE_RECORDS_VERSION, bytes)
+            }
+        }
+    };
+}
+
+record_codec!(BucketRecord, RecordKind::Bucket);
+record_codec!(PathInfo, RecordKind::PathInfo);
+record_codec!(CacheNar, RecordKind::CacheNar);
+record_codec!(Pending, RecordKind::Pending);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the encodings: changing one is a migration.
+    #[test]
+    fn golden_bytes() {
+        let info = PathInfo {
+            store_path: "/nix/store/a-b".into(),
+            nar_hash: [1; 32],
+            nar_size: 200,
+            references: vec!["a-b".into()],
+            deriver: None,
+            signatures: vec!["k:s".into()],
+            ca: Some("x".into()),
+            uploaded: 5,
+        };
+        assert_eq!(
+            hex::encode(info.encode()),
+            concat!(
+                "4e475049",
+                "01",
+                "0e",
+                "2f6e69782f73746f72652f612d62",
+                "0101010101010101010101010101010101010101010101010101010101010101",
+                "c801",
+                "01",
+                "03",
+                "612d62",
+                "00",
+                "01",
+                "03",
+                "6b3a73",
+                "01",
+                "01",
+                "78",
+                "05"
+            )
+        );
+        assert_eq!(PathInfo::decode(&info.encode()).unwrap(), info);
+        let nar = CacheNar { nar_size: 1, nar_md5: [2; 16] };
+        assert_eq!(hex::encode(nar.encode()), "4e47434e010102020202020202020202020202020202");
+        let bucket = BucketRecord { created: 1, anonymous_read: true, signing_key: None, priority: 40 };
+        assert_eq!(hex::encode(bucket.encode()), "4e47424b0101010028");
+        let pending = Pending { narinfo: "N".into() };
+        assert_eq!(hex::encode(pending.encode()), "4e47504401014e");
+    }
+}

@@ -1,0 +1,224 @@
+//! Chunks at rest, and the chunk store that writes and reads them.
+//!
+//! A chunk is stored at `chunks/<blake3 hex of the uncompressed bytes>` as a one-byte codec tag
+//! followed by the payload: [`CODEC_RAW`] (the bytes as they are) or [`CODEC_ZSTD`] (a zstd frame,
+//! used only when it is smaller). Every read is verified against the digest and size the caller
+//! expects: a mismatch is an [`ChunkError::Integrity`] error, never data. Verified chunks are kept
+//! in a `moka` cache weighed by their size, so readers in small pieces do not fetch a chunk again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::digest::Digest;
+use crate::backend::{self, BackendError, DynBackend};
+
+/// Codec tag: the payload is the chunk's bytes.
+pub const CODEC_RAW: u8 = 0;
+/// Codec tag: the payload is a zstd frame of the chunk's bytes.
+pub const CODEC_ZSTD: u8 = 1;
+/// The zstd level used at rest.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// The backend key of a chunk.
+pub fn chunk_key(digest: &Digest) -> String {
+    format!("chunks/{}", digest.to_hex())
+}
+
+/// Why a chunk could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The backend failed (a missing chunk is [`BackendError::NotFound`]).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The stored bytes are not the chunk they should be: corrupt, truncated, or of another codec.
+    #[error("integrity error in chunk {digest}: {reason}")]
+    Integrity {
+        /// The chunk's expected digest.
+        digest: Digest,
+        /// What did not match.
+        reason: String,
+    },
+}
+
+/// Encodes a chunk for storage: zstd when that is smaller, else raw.
+pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL)
+        && compressed.len() < data.len()
+    {
+        let mut out = Vec::with_capacity(compressed.len() + 1);
+        out.push(CODEC_ZSTD);
+        out.extend_from_slice(&compressed);
+        return out;
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(CODEC_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decodes a stored chunk and checks it is `size` bytes whose BLAKE3 is `digest`.
+pub fn decode_chunk(digest: &Digest, size: u32, stored: Bytes) -> Result<Bytes, ChunkError> {
+    let integrity = |reason: String| ChunkError::Integrity { digest: *digest, reason };
+    let data = match stored.first() {
+        Some(&CODEC_RAW) => stored.slice(1..),
+        Some(&CODEC_ZSTD) => {
+            // Decompress at most `size` bytes: a bomb or a longer chunk fails here.
+            let out = zstd::bulk::decompress(&stored[1..], size as usize)
+                .map_err(|e| integrity(format!("zstd: {e}")))?;
+            Bytes::from(out)
+        }
+        Some(tag) => return Err(integrity(format!("unknown codec tag {tag}"))),
+        None => return Err(integrity("empty object".into())),
+    };
+    if data.len() != size as usize {
+        return Err(integrity(format!("{} bytes, expected {size}", data.len())));
+    }
+    if Digest::of(&data) != *digest {
+        return Err(integrity("BLAKE3 mismatch".into()));
+    }
+    Ok(data)
+}
+
+/// Writes and reads chunks on a backend, with a cache of verified chunks.
+#[derive(Clone)]
+pub struct ChunkStore {
+    backend: DynBackend,
+    cache: moka::future::Cache<Digest, Bytes>,
+}
+
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStore").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+/// What writing a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Whether the chunk was uploaded (false: it was already there and could be skipped).
+    pub uploaded: bool,
+    /// The bytes written to the backend (0 when skipped).
+    pub stored_bytes: u64,
+}
+
+impl ChunkStore {
+    /// A chunk store over `backend`, caching up to `cache_bytes` of verified chunks.
+    pub fn new(backend: DynBackend, cache_bytes: u64) -> Self {
+        let cache = moka::future::Cache::builder()
+            .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .max_capacity(cache_bytes)
+            .build();
+        ChunkStore { backend, cache }
+    }
+
+    /// The backend the chunks live on.
+    pub fn backend(&self) -> &DynBackend {
+        &self.backend
+    }
+
+    /// Writes a chunk whose digest is `digest`. With `skip_existing` (allowed only under an ingest
+    /// lease while no GC runs: see DESIGN.md), a chunk already present is not uploaded again.
+    /// Compression runs off the async threads.
+    pub async fn put(
+        &self,
+        digest: Digest,
+        data: Bytes,
+        skip_existing: bool,
+    ) -> Result<PutOutcome, BackendError> {
+        let key = chunk_key(&digest);
+        if skip_existing {
+            match self.backend.head(&key).await {
+                Ok(_) => return Ok(PutOutcome { uploaded: false, stored_bytes: 0 }),
+                Err(BackendError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let encoded = tokio::task::spawn_blocking(move || encode_chunk(&data))
+            .await
+            .map_err(|e| BackendError::Io { key: key.clone(), source: std::io::Error::other(e) })?;
+        let stored_bytes = encoded.len() as u64;
+        self.backend.put(&key, Bytes::from(encoded)).await?;
+        Ok(PutOutcome { uploaded: true, stored_bytes })
+    }
+
+    /// Reads a chunk, verified against `digest` and `size`; concurrent reads of one chunk share one
+    /// backend GET, and verified chunks are served from the cache.
+    pub async fn get(&self, digest: Digest, size: u32) -> Result<Bytes, ChunkError> {
+        let backend = self.backend.clone();
+        self.cache
+            .try_get_with(digest, async move {
+                let stored = backend::get_bytes(backend.as_ref(), &chunk_key(&digest)).await?;
+                if stored.len() > 1 << 20 && stored.first() == Some(&CODEC_ZSTD) {
+                    tokio::task::spawn_blocking(move || decode_chunk(&digest, size, stored))
+                        .await
+                        .map_err(|e| ChunkError::Integrity { digest, reason: format!("decoder task: {e}") })?
+                } else {
+                    decode_chunk(&digest, size, stored)
+                }
+            })
+            .await
+            .map_err(unshare)
+    }
+}
+
+/// Turns the shared error of a coalesced cache load back into an owned one.
+fn unshare(e: Arc<ChunkError>) -> ChunkError {
+    match Arc::try_unwrap(e) {
+        Ok(e) => e,
+        Err(shared) => match shared.as_ref() {
+            ChunkError::Integrity { digest, reason } => {
+                ChunkError::Integrity { digest: *digest, reason: reason.clone() }
+            }
+            ChunkError::Backend(BackendError::NotFound { key }) => {
+                ChunkError::Backend(BackendError::NotFound { key: key.clone() })
+            }
+            ChunkError::Backend(other) => ChunkError::Backend(BackendError::Remote {
+                op: "GET",
+                key: String::new(),
+                message: other.to_string(),
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_chunk_encoding() {
+        // Incompressible bytes are stored raw behind tag 0.
+        assert_eq!(encode_chunk(b"abc"), b"\0abc");
+        // Compressible bytes are a zstd frame behind tag 1.
+        let zeros = vec![0u8; 4096];
+        let enc = encode_chunk(&zeros);
+        assert_eq!(enc[0], CODEC_ZSTD);
+        assert_eq!(&enc[1..5], &[0x28, 0xb5, 0x2f, 0xfd]); // zstd magic
+        assert!(enc.len() < 100);
+    }
+
+    #[test]
+    fn decode_verifies() {
+        let data = vec![7u8; 5000];
+        let d = Digest::of(&data);
+        let enc = Bytes::from(encode_chunk(&data));
+        assert_eq!(decode_chunk(&d, 5000, enc.clone()).unwrap(), data);
+        assert!(matches!(decode_chunk(&d, 4999, enc.clone()), Err(ChunkError::Integrity { .. })));
+        assert!(matches!(
+            decode_chunk(&Digest([0; 32]), 5000, enc.clone()),
+            Err(ChunkError::Integrity { .. })
+        ));
+        let mut corrupt = enc.to_vec();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(matches!(decode_chunk(&d, 5000, corrupt.into()), Err(ChunkError::Integrity { .. })));
+        assert!(matches!(decode_chunk(&d, 5000, Bytes::new()), Err(ChunkError::Integrity { .. })));
+        assert!(matches!(
+            decode_chunk(&d, 5000, Bytes::from_static(&[9, 1])),
+            Err(ChunkError::Integrity { .. })
+        ));
+        let raw = Bytes::from(encode_chunk(b"xyz"));
+        assert_eq!(decode_chunk(&Digest::of(b"xyz"), 3, raw).unwrap(), &b"xyz"[..]);
+    }
+}

@@ -1,0 +1,180 @@
+//! What the store promises, counted: dedup of large files whatever their neighbours, few objects
+//! for many small files, cold ranged reads in a bounded number of backend requests, integrity
+//! errors for corrupt chunks, and nothing reachable from a rejected NAR.
+
+mod common;
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use nargate::backend::counting::CountingBackend;
+use nargate::backend::fault::FaultyBackend;
+use nargate::backend::{Backend, DynBackend, ListRequest};
+use nargate::castore::{ChunkError, ChunkStore, ChunkerParams};
+use nargate::ingest::{IngestError, IngestOptions, ingest_nar};
+use nargate::nix::nar::{NarNode, write_nar};
+use nargate::render::{RenderConfig, RenderError, Renderer};
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn file(contents: Vec<u8>) -> NarNode {
+    NarNode::File { executable: false, contents }
+}
+
+async fn count(backend: &dyn Backend, prefix: &str) -> (usize, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    let mut request = ListRequest { prefix: prefix.into(), ..Default::default() };
+    loop {
+        let page = backend.list(&request).await.unwrap();
+        n += page.objects.len();
+        bytes += page.objects.iter().map(|o| o.size).sum::<u64>();
+        match page.next_continuation_token {
+            Some(t) => request.continuation_token = Some(t),
+            None => return (n, bytes),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_shared_large_file_is_stored_once_whatever_its_neighbours() {
+    let (_dir, backend) = common::fs_backend();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let options = IngestOptions::default();
+    let big = pseudo_random(12 << 20, 1);
+    let first = NarNode::Directory(vec![
+        (b"a-small".to_vec(), file(pseudo_random(3000, 2))),
+        (b"big".to_vec(), file(big.clone())),
+        (b"c-small".to_vec(), file(pseudo_random(100_000, 3))),
+    ]);
+    let second = NarNode::Directory(vec![
+        (b"b-other".to_vec(), file(pseudo_random(777, 4))),
+        (b"c-big".to_vec(), file(big)),
+        (b"d-other".to_vec(), file(pseudo_random(300_000, 5))),
+        (b"e-link".to_vec(), NarNode::Symlink { target: b"c-big".to_vec() }),
+    ]);
+    ingest_nar(&store, &write_nar(&first).unwrap()[..], &options).await.unwrap();
+    let (_, before) = count(backend.as_ref(), "chunks/").await;
+    let ingested = ingest_nar(&store, &write_nar(&second).unwrap()[..], &options).await.unwrap();
+    let (_, after) = count(backend.as_ref(), "chunks/").await;
+    let neighbours = 777 + 300_000;
+    let new_bytes = after - before;
+    assert!(
+        new_bytes < neighbours + u64::from(ChunkerParams::V1.max),
+        "the shared 12 MiB file added {new_bytes} bytes"
+    );
+    assert!(ingested.chunks_uploaded < ingested.chunks, "chunks already stored are not uploaded again");
+}
+
+#[tokio::test]
+async fn ten_thousand_small_files_make_few_chunks() {
+    let (_dir, backend) = common::fs_backend();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let entries =
+        (0..10_000u64).map(|i| (format!("f{i:05}").into_bytes(), file(pseudo_random(1024, i)))).collect();
+    let nar = write_nar(&NarNode::Directory(entries)).unwrap();
+    let ingested = ingest_nar(&store, &nar[..], &IngestOptions::default()).await.unwrap();
+    let (chunks, _) = count(backend.as_ref(), "chunks/").await;
+    assert!(chunks < 100, "{chunks} chunk objects for 10,000 files of 1 KiB");
+    assert_eq!(chunks, ingested.chunks);
+    // And it renders back.
+    let renderer = Renderer::new(store, RenderConfig::default());
+    let out: Vec<bytes::Bytes> =
+        renderer.range(&ingested.record.nar_hash, 0..u64::MAX).await.unwrap().try_collect().await.unwrap();
+    assert!(out.concat() == nar);
+}
+
+#[tokio::test]
+async fn a_cold_ranged_read_costs_the_record_and_its_chunks_at_any_offset() {
+    let (_dir, inner) = common::fs_backend();
+    let counting = Arc::new(CountingBackend::new(inner));
+    let backend: DynBackend = counting.clone();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let entries =
+        (0..40u64).map(|i| (format!("f{i:03}").into_bytes(), file(pseudo_random(300_000, i)))).collect();
+    let nar = write_nar(&NarNode::Directory(entries)).unwrap();
+    let ingested = ingest_nar(&store, &nar[..], &IngestOptions::default()).await.unwrap();
+    assert!(ingested.chunks >= 30);
+    let size = nar.len() as u64;
+    for offset in [0, size / 2, size - 5000] {
+        counting.reset();
+        let cold = Renderer::new(ChunkStore::new(backend.clone(), 1 << 20), RenderConfig::default());
+        let out: Vec<bytes::Bytes> = cold
+            .range(&ingested.record.nar_hash, offset..offset + 4096)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(out.concat() == nar[offset as usize..offset as usize + 4096]);
+        let counts = counting.counts();
+        assert_eq!(counting.gets_with_prefix("nars/"), 1, "one NAR record read at offset {offset}");
+        let chunk_gets = counting.gets_with_prefix("chunks/");
+        assert!((1..=2).contains(&chunk_gets), "{chunk_gets} chunk reads at offset {offset}");
+        assert_eq!(counts.total(), 1 + chunk_gets, "no other request at offset {offset}: {counts:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_is_an_integrity_error_not_data() {
+    let (_dir, inner) = common::fs_backend();
+    let faulty = Arc::new(FaultyBackend::new(inner));
+    let backend: DynBackend = faulty.clone();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let nar = write_nar(&file(pseudo_random(5000, 7))).unwrap();
+    let options = IngestOptions { chunker: ChunkerParams::TINY, ..Default::default() };
+    let ingested = ingest_nar(&store, &nar[..], &options).await.unwrap();
+    faulty.corrupt_gets("chunks/");
+    let cold = Renderer::new(ChunkStore::new(backend.clone(), 1 << 20), RenderConfig::default());
+    let result: Result<Vec<bytes::Bytes>, RenderError> =
+        cold.range(&ingested.record.nar_hash, 0..u64::MAX).await.unwrap().try_collect().await;
+    assert!(matches!(result, Err(RenderError::Chunk(ChunkError::Integrity { .. }))), "{result:?}");
+
+    faulty.clear();
+    faulty.truncate_gets("chunks/");
+    let cold = Renderer::new(ChunkStore::new(backend.clone(), 1 << 20), RenderConfig::default());
+    let mut reader = cold.open(&ingested.record.nar_hash).await.unwrap();
+    let mut out = vec![];
+    let err = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_rejected_nar_leaves_nothing_reachable() {
+    let (_dir, backend) = common::fs_backend();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let good = write_nar(&NarNode::Directory(vec![
+        (b"a".to_vec(), file(pseudo_random(4000, 8))),
+        (b"b".to_vec(), file(pseudo_random(4000, 9))),
+    ]))
+    .unwrap();
+    let options = IngestOptions { chunker: ChunkerParams::TINY, ..Default::default() };
+    // Truncated after some content, trailing garbage, and a corrupt compressed stream.
+    let mut garbage = good.clone();
+    garbage.extend_from_slice(&[0; 8]);
+    let mut xz = vec![];
+    let mut encoder = async_compression::tokio::bufread::XzEncoder::new(&good[..]);
+    tokio::io::AsyncReadExt::read_to_end(&mut encoder, &mut xz).await.unwrap();
+    let n = xz.len();
+    xz[n / 2] ^= 0xff;
+    for bad in [&good[..good.len() - 100], &garbage[..], &xz[..]] {
+        let err = ingest_nar(&store, bad, &options).await.unwrap_err();
+        assert!(matches!(err, IngestError::Nar(_)), "{err}");
+    }
+    let (records, _) = count(backend.as_ref(), "nars/").await;
+    assert_eq!(records, 0, "no NAR record of a rejected NAR");
+    let (leases, _) = count(backend.as_ref(), "leases/").await;
+    assert_eq!(leases, 0);
+
+    let lzip = b"LZIP\x01rest".to_vec();
+    assert!(matches!(ingest_nar(&store, &lzip[..], &options).await, Err(IngestError::Compression(_))));
+}
