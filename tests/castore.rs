@@ -178,3 +178,65 @@ async fn a_rejected_nar_leaves_nothing_reachable() {
     let lzip = b"LZIP\x01rest".to_vec();
     assert!(matches!(ingest_nar(&store, &lzip[..], &options).await, Err(IngestError::Compression(_))));
 }
+
+/// DESIGN.md's GC protocol, ingest side: with `locks/gc` present an ingest uploads every chunk (no
+/// skipping), waits for the lock to go, and commits only if everything it references survived.
+#[tokio::test]
+async fn ingest_under_a_gc_lock_uploads_all_waits_and_rechecks() {
+    use bytes::Bytes;
+    use std::time::Duration;
+    let (_dir, backend) = common::fs_backend();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let nar = write_nar(&file(pseudo_random(20_000, 11))).unwrap();
+    let options = IngestOptions {
+        chunker: ChunkerParams::TINY,
+        gc_wait: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let first = ingest_nar(&store, &nar[..], &options).await.unwrap();
+    let unique = count(backend.as_ref(), "chunks/").await.0;
+    backend.delete(&first.record.key()).await.unwrap();
+
+    // 1. The lock goes away after a while: the ingest re-uploads everything, then commits.
+    backend.put("locks/gc", Bytes::from_static(b"gc")).await.unwrap();
+    let releaser = {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            backend.delete("locks/gc").await.unwrap();
+        })
+    };
+    let second = ingest_nar(&store, &nar[..], &options).await.unwrap();
+    releaser.await.unwrap();
+    assert_eq!(second.chunks_uploaded, unique, "under a GC lock no chunk is skipped");
+    assert!(backend.head(&second.record.key()).await.is_ok());
+    backend.delete(&second.record.key()).await.unwrap();
+
+    // 2. The "GC" sweeps a chunk before releasing the lock: the ingest commits nothing.
+    backend.put("locks/gc", Bytes::from_static(b"gc")).await.unwrap();
+    backend.delete(&nargate::castore::chunk::chunk_key(&first.record.chunks[0].digest)).await.unwrap();
+    let sweeper = {
+        let backend = backend.clone();
+        let victim = nargate::castore::chunk::chunk_key(&first.record.chunks[0].digest);
+        tokio::spawn(async move {
+            // Wait until the ingest has re-uploaded the victim (deleted above), then sweep it.
+            while backend.head(&victim).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            backend.delete(&victim).await.unwrap();
+            backend.delete("locks/gc").await.unwrap();
+        })
+    };
+    let err = ingest_nar(&store, &nar[..], &options).await.unwrap_err();
+    sweeper.await.unwrap();
+    assert!(matches!(err, IngestError::GcConflict), "{err}");
+    assert!(backend.head(&first.record.key()).await.is_err(), "no NAR record committed");
+
+    // 3. A GC that outlasts the wait makes the upload fail (the client retries later).
+    backend.put("locks/gc", Bytes::from_static(b"gc")).await.unwrap();
+    let short = IngestOptions { gc_wait: Duration::from_millis(600), ..options.clone() };
+    let err = ingest_nar(&store, &nar[..], &short).await.unwrap_err();
+    assert!(matches!(err, IngestError::GcConflict), "{err}");
+    assert_eq!(count(backend.as_ref(), "leases/").await.0, 0, "leases are released");
+}

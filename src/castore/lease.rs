@@ -3,9 +3,10 @@
 //! uploading chunks that already exist; with a lock it uploads every chunk, waits until the lock is
 //! gone, and HEADs everything it references before committing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,9 @@ pub const LEASE_VERSION: u8 = 1;
 pub const LEASE_REFRESH: Duration = Duration::from_secs(60);
 /// How long a lease that is not refreshed counts as live (GC waits for live leases).
 pub const LEASE_TTL: Duration = Duration::from_secs(300);
+/// An ingest whose last successful refresh is older than [`LEASE_TTL`] less this margin may have
+/// been outlived by its lease, so it re-checks before committing.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
 /// What a lease record holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +42,7 @@ pub struct Lease {
     backend: DynBackend,
     key: String,
     gc_was_locked: bool,
-    refresh_failed: Arc<AtomicBool>,
+    last_refreshed: Arc<Mutex<Instant>>,
     refresher: tokio::task::JoinHandle<()>,
 }
 
@@ -51,21 +55,23 @@ impl Lease {
             LEASE_VERSION,
             &LeaseRecord { purpose: purpose.to_owned(), ttl_secs: LEASE_TTL.as_secs() },
         ));
+        let written = Instant::now();
         backend.put(&key, body.clone()).await?;
         let gc_was_locked = gc_locked(backend.as_ref()).await?;
-        let refresh_failed = Arc::new(AtomicBool::new(false));
+        let last_refreshed = Arc::new(Mutex::new(written));
         let refresher = {
-            let (backend, key, failed) = (backend.clone(), key.clone(), refresh_failed.clone());
+            let (backend, key, last) = (backend.clone(), key.clone(), last_refreshed.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LEASE_REFRESH).await;
-                    if backend.put(&key, body.clone()).await.is_err() {
-                        failed.store(true, Ordering::SeqCst);
+                    let attempt = Instant::now();
+                    if backend.put(&key, body.clone()).await.is_ok() {
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = attempt;
                     }
                 }
             })
         };
-        Ok(Lease { backend, key, gc_was_locked, refresh_failed, refresher })
+        Ok(Lease { backend, key, gc_was_locked, last_refreshed, refresher })
     }
 
     /// Whether uploads may skip chunks that already exist: only if no GC was running when the
@@ -74,10 +80,12 @@ impl Lease {
         !self.gc_was_locked
     }
 
-    /// Whether the ingest must re-check, before committing, that everything it references exists
-    /// (a GC was running when it started, or a lease refresh failed).
+    /// Whether the ingest must re-check, before committing, that everything it references exists:
+    /// a GC was running when it started, or its lease may have expired (its last successful
+    /// refresh is older than the TTL less the margin).
     pub fn must_recheck(&self) -> bool {
-        self.gc_was_locked || self.refresh_failed.load(Ordering::SeqCst)
+        let last = *self.last_refreshed.lock().unwrap_or_else(|p| p.into_inner());
+        self.gc_was_locked || last.elapsed() > LEASE_TTL.saturating_sub(LEASE_MARGIN)
     }
 
     /// Waits until no GC holds the lock, polling every `interval`, for at most `timeout`.
