@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use failure::{Failure, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use nargate::backend::DynBackend;
 use nargate::backend::fs::FsBackend;
-use nargate::backend::{DynBackend, ListRequest};
 use nargate::cache::{BucketRecord, Cache};
 use nargate::castore::ChunkStore;
 use nargate::ingest::{IngestOptions, ingest_nar};
@@ -162,24 +162,11 @@ async fn import(data: &Path, bucket: &str, caches: &[PathBuf]) -> Result<()> {
         bar.inc(ingested.received.size);
     }
     bar.finish_and_clear();
-    let chunks = count_objects(&backend, "chunks/").await?;
+    let chunks = nargate::backend::list_all(backend.as_ref(), "chunks/").await?.len();
     println!(
         "imported {paths} store paths into bucket {bucket}: {nar_bytes} NAR bytes, {stored} new chunk bytes stored ({chunks} chunks in the store)"
     );
     Ok(())
-}
-
-async fn count_objects(backend: &DynBackend, prefix: &str) -> Result<u64> {
-    let mut n = 0;
-    let mut request = ListRequest { prefix: prefix.into(), ..Default::default() };
-    loop {
-        let page = backend.list(&request).await?;
-        n += page.objects.len() as u64;
-        match page.next_continuation_token {
-            Some(t) => request.continuation_token = Some(t),
-            None => return Ok(n),
-        }
-    }
 }
 
 async fn cat(data: &Path, bucket: &str, store_path: &str, offset: u64, length: Option<u64>) -> Result<()> {

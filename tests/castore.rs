@@ -9,40 +9,21 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use nargate::backend::counting::CountingBackend;
 use nargate::backend::fault::FaultyBackend;
-use nargate::backend::{Backend, DynBackend, ListRequest};
+use nargate::backend::{Backend, DynBackend};
 use nargate::castore::{ChunkError, ChunkStore, ChunkerParams};
 use nargate::ingest::{IngestError, IngestOptions, ingest_nar};
 use nargate::nix::nar::{NarNode, write_nar};
 use nargate::render::{RenderConfig, RenderError, Renderer};
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::pseudo_random;
 
 fn file(contents: Vec<u8>) -> NarNode {
     NarNode::File { executable: false, contents }
 }
 
 async fn count(backend: &dyn Backend, prefix: &str) -> (usize, u64) {
-    let (mut n, mut bytes) = (0, 0);
-    let mut request = ListRequest { prefix: prefix.into(), ..Default::default() };
-    loop {
-        let page = backend.list(&request).await.unwrap();
-        n += page.objects.len();
-        bytes += page.objects.iter().map(|o| o.size).sum::<u64>();
-        match page.next_continuation_token {
-            Some(t) => request.continuation_token = Some(t),
-            None => return (n, bytes),
-        }
-    }
+    let objects = nargate::backend::list_all(backend, prefix).await.unwrap();
+    (objects.len(), objects.iter().map(|o| o.size).sum())
 }
 
 #[tokio::test]

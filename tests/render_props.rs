@@ -22,17 +22,7 @@ fn contents() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::pseudo_random;
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![

@@ -194,6 +194,20 @@ pub async fn get_bytes(backend: &dyn Backend, key: &str) -> Result<Bytes, Backen
     backend.get(key, None).await?.bytes().await
 }
 
+/// Lists every object under `prefix`, following continuation tokens page by page.
+pub async fn list_all(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectMeta>, BackendError> {
+    let mut objects = vec![];
+    let mut request = ListRequest { prefix: prefix.to_owned(), ..Default::default() };
+    loop {
+        let page = backend.list(&request).await?;
+        objects.extend(page.objects);
+        match page.next_continuation_token {
+            Some(token) => request.continuation_token = Some(token),
+            None => return Ok(objects),
+        }
+    }
+}
+
 /// The byte range of an object of `size` bytes that a GET of `range` returns: all of it for
 /// `None`, else `range` with its end clamped to the object's end. A range that is empty, or starts
 /// at or beyond the end (so any range of an empty object), is [`BackendError::InvalidRange`], as

@@ -16,7 +16,7 @@ use bytes::Bytes;
 pub use keys::{CacheKeys, IndexEntry};
 pub use records::{BucketRecord, CacheNar, PathInfo, Pending};
 
-use crate::backend::{self, BackendError, DynBackend, ListRequest};
+use crate::backend::{self, BackendError, DynBackend};
 use crate::castore::NarRecord;
 use crate::castore::record::RecordError;
 use crate::nix::narinfo::{NarInfo, NarInfoError};
@@ -137,8 +137,9 @@ impl Cache {
         self.put_index_entry(&visible, record.nar_size, &hex::encode(record.nar_md5)).await?;
 
         let mut committed = vec![];
-        for pending_key in self.list_all(&self.keys.pending_prefix(&nar_hash)).await? {
-            let Some(bytes) = self.get(&pending_key).await? else { continue };
+        let waiting = backend::list_all(self.backend.as_ref(), &self.keys.pending_prefix(&nar_hash)).await?;
+        for waiting in waiting {
+            let Some(bytes) = self.get(&waiting.key).await? else { continue };
             let pending = Pending::decode(&bytes)?;
             let info = NarInfo::parse(&pending.narinfo)?;
             match self.commit(&info, &cache_nar).await {
@@ -146,7 +147,7 @@ impl Cache {
                 // A narinfo that does not match this NAR never will: drop it, commit the others.
                 Err(e) if e.is_mismatch() => {
                     tracing::warn!(store_path = %info.store_path, "dropping pending narinfo: {e}");
-                    self.backend.delete(&pending_key).await?;
+                    self.backend.delete(&waiting.key).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -259,19 +260,6 @@ impl Cache {
             Ok(bytes) => Ok(Some(bytes)),
             Err(BackendError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
-        }
-    }
-
-    async fn list_all(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-        let mut keys = vec![];
-        let mut request = ListRequest { prefix: prefix.to_owned(), ..Default::default() };
-        loop {
-            let page = self.backend.list(&request).await?;
-            keys.extend(page.objects.into_iter().map(|o| o.key));
-            match page.next_continuation_token {
-                Some(token) => request.continuation_token = Some(token),
-                None => return Ok(keys),
-            }
         }
     }
 }

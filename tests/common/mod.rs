@@ -21,3 +21,17 @@ pub fn fs_backend() -> (TempDir, DynBackend) {
     let backend = FsBackend::new(dir.path().join("bucket")).expect("fs backend");
     (dir, Arc::new(backend))
 }
+
+/// `n` deterministic pseudo-random bytes (xorshift), different for each `seed`: test data that
+/// neither compresses nor repeats.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
