@@ -50,12 +50,24 @@ pub enum RenderError {
         /// The content-stream offset that had no chunk.
         offset: u64,
     },
-    /// A fetch task failed.
+    /// A fetch task failed, or a load shared with other readers failed (its message).
     #[error("chunk fetch task failed: {0}")]
     Task(String),
 }
 
 impl RenderError {
+    /// An owned copy of an error shared by the waiters of one coalesced load: the variants
+    /// callers tell apart (not found, integrity) are kept, the rest become messages.
+    fn to_owned_lossy(&self) -> RenderError {
+        match self {
+            RenderError::NotFound(hash) => RenderError::NotFound(hash.clone()),
+            RenderError::Chunk(ChunkError::Integrity { digest, reason }) => {
+                RenderError::Chunk(ChunkError::Integrity { digest: *digest, reason: reason.clone() })
+            }
+            other => RenderError::Task(other.to_string()),
+        }
+    }
+
     /// As an I/O error, for `AsyncRead`: integrity failures are `InvalidData`.
     pub fn into_io(self) -> std::io::Error {
         let kind = match &self {
@@ -126,7 +138,7 @@ impl Renderer {
                 Ok(Arc::new(SegmentTable::build(&record)?))
             })
             .await
-            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| RenderError::Task(shared.to_string())))
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy()))
     }
 
     /// A seekable reader of the NAR with `nar_hash`.
