@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use nargate::backend::{DynBackend, ListRequest};
+use nargate::cache::md5_hex;
 use nargate::castore::{ChunkStore, ChunkerParams};
 use nargate::ingest::{IngestOptions, ingest_nar};
 use nargate::nix::narinfo::NarInfo;
@@ -59,6 +60,8 @@ async fn round_trip_all_fixtures(backend: DynBackend) {
             assert_eq!(ingested.record.nar_hash, expected_hash, "{}", nar_path.display());
             assert_eq!(ingested.record.nar_size, info.nar_size);
             assert_eq!(ingested.received.size, upload.len() as u64);
+            assert_eq!(ingested.received.md5.map(hex::encode), Some(md5_hex(&upload)), "the upload's ETag");
+            assert_eq!(hex::encode(ingested.record.nar_md5), md5_hex(&fixture_nar(&info)), "the NAR's ETag");
             assert_eq!(ingested.compression.nix_name(), info.compression.as_deref().unwrap_or("none"));
 
             // A fresh renderer (cold caches) reads the NAR back byte for byte.

@@ -7,9 +7,11 @@ use md5::Md5;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Which digests a [`DigestingReader`] computes.
+/// Which digests a [`DigestingReader`] computes (it always counts bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct Want {
+    /// Compute MD5.
+    pub md5: bool,
     /// Compute SHA-256.
     pub sha256: bool,
 }
@@ -19,8 +21,8 @@ pub struct Want {
 pub struct Digests {
     /// Bytes read.
     pub size: u64,
-    /// MD5 (the S3 ETag of these bytes).
-    pub md5: [u8; 16],
+    /// MD5 (the S3 ETag of these bytes), when asked for.
+    pub md5: Option<[u8; 16]>,
     /// SHA-256, when asked for.
     pub sha256: Option<[u8; 32]>,
 }
@@ -31,7 +33,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: R,
         size: u64,
-        md5: Md5,
+        md5: Option<Md5>,
         sha256: Option<Sha256>,
     }
 }
@@ -39,14 +41,19 @@ pin_project_lite::pin_project! {
 impl<R> DigestingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R, want: Want) -> Self {
-        DigestingReader { inner, size: 0, md5: Md5::new(), sha256: want.sha256.then(Sha256::new) }
+        DigestingReader {
+            inner,
+            size: 0,
+            md5: want.md5.then(Md5::new),
+            sha256: want.sha256.then(Sha256::new),
+        }
     }
 
     /// The digests of all bytes read so far.
     pub fn digests(&self) -> Digests {
         Digests {
             size: self.size,
-            md5: self.md5.clone().finalize().into(),
+            md5: self.md5.clone().map(|h| h.finalize().into()),
             sha256: self.sha256.clone().map(|h| h.finalize().into()),
         }
     }
@@ -69,7 +76,9 @@ impl<R: AsyncRead> AsyncRead for DigestingReader<R> {
         let new = &buf.filled()[before..];
         if !new.is_empty() {
             *this.size += new.len() as u64;
-            this.md5.update(new);
+            if let Some(h) = this.md5.as_mut() {
+                h.update(new);
+            }
             if let Some(h) = this.sha256.as_mut() {
                 h.update(new);
             }
@@ -85,12 +94,12 @@ mod tests {
 
     #[tokio::test]
     async fn computes_known_digests() {
-        let mut r = DigestingReader::new(&b"abc"[..], Want { sha256: true });
+        let mut r = DigestingReader::new(&b"abc"[..], Want { md5: true, sha256: true });
         let mut out = vec![];
         r.read_to_end(&mut out).await.unwrap();
         let d = r.digests();
         assert_eq!(d.size, 3);
-        assert_eq!(hex::encode(d.md5), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(hex::encode(d.md5.unwrap()), "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(
             hex::encode(d.sha256.unwrap()),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

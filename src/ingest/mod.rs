@@ -145,10 +145,13 @@ where
     R: AsyncRead + Unpin + Send,
 {
     let mut received =
-        BufReader::with_capacity(256 << 10, DigestingReader::new(body, Want { sha256: false }));
+        BufReader::with_capacity(256 << 10, DigestingReader::new(body, Want { md5: true, sha256: false }));
     let head = received.fill_buf().await.map_err(IngestError::Read)?;
     let compression = Compression::detect(head, options.br_suffix)?;
-    let nar_bytes = DigestingReader::new(compression.decoder(&mut received), Want { sha256: true });
+    // An uncompressed upload is the NAR: its MD5 is computed once, on the way in.
+    let nar_md5 = compression != Compression::None;
+    let nar_bytes =
+        DigestingReader::new(compression.decoder(&mut received), Want { md5: nar_md5, sha256: true });
     let mut nar = NarReader::new(nar_bytes);
 
     let mut uploads = Uploads::new(store.clone(), options.upload_concurrency, lease.may_skip_existing());
@@ -187,6 +190,7 @@ where
 
     // Whatever the client sent after the compressed stream's end is not part of the upload.
     let received_digests = received.into_inner().digests();
+    let nar_md5 = nar_digests.md5.or(received_digests.md5).unwrap_or_default();
     let nar_hash = nar_digests.sha256.unwrap_or_default();
     check_expected(options, &nar_hash, nar_digests.size)?;
 
@@ -195,7 +199,7 @@ where
         directories,
         nar_hash,
         nar_size: nar_digests.size,
-        nar_md5: nar_digests.md5,
+        nar_md5,
         chunker: options.chunker,
         chunks,
     };
