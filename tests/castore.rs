@@ -221,3 +221,35 @@ async fn ingest_under_a_gc_lock_uploads_all_waits_and_rechecks() {
     assert!(matches!(err, IngestError::GcConflict), "{err}");
     assert_eq!(count(backend.as_ref(), "leases/").await.0, 0, "leases are released");
 }
+
+#[tokio::test]
+async fn concurrent_cold_opens_of_one_nar_read_its_record_once() {
+    let (_dir, inner) = common::fs_backend();
+    let counting = Arc::new(CountingBackend::new(inner));
+    let backend: DynBackend = counting.clone();
+    let store = ChunkStore::new(backend.clone(), 1 << 20);
+    let nar = write_nar(&file(pseudo_random(50_000, 12))).unwrap();
+    let options = IngestOptions { chunker: ChunkerParams::TINY, ..Default::default() };
+    let hash = ingest_nar(&store, &nar[..], &options).await.unwrap().record.nar_hash;
+    counting.reset();
+    let cold = Renderer::new(ChunkStore::new(backend.clone(), 1 << 20), RenderConfig::default());
+    let opens = (0..16).map(|_| {
+        let cold = cold.clone();
+        tokio::spawn(async move {
+            let out: Vec<bytes::Bytes> =
+                cold.range(&hash, 1000..2000).await.unwrap().try_collect().await.unwrap();
+            out.concat()
+        })
+    });
+    for read in futures::future::join_all(opens).await {
+        assert!(read.unwrap() == nar[1000..2000]);
+    }
+    assert_eq!(counting.gets_with_prefix("nars/"), 1, "16 concurrent misses build one table");
+    let table = cold.table(&hash).await.unwrap();
+    let covering = table.chunks_covering(table.stream_offset_at(1000), table.stream_offset_at(2000)).len();
+    assert_eq!(
+        counting.gets_with_prefix("chunks/"),
+        covering as u64,
+        "one GET per chunk, shared by all readers"
+    );
+}

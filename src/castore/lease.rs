@@ -123,3 +123,17 @@ pub async fn gc_locked(backend: &dyn crate::backend::Backend) -> Result<bool, Ba
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the lease record: GC (another process, maybe another version) reads it.
+    #[test]
+    fn golden_bytes() {
+        let lease = LeaseRecord { purpose: "nar".into(), ttl_secs: 300 };
+        let bytes = record::encode(RecordKind::Lease, LEASE_VERSION, &lease);
+        assert_eq!(hex::encode(&bytes), "4e474c5301036e6172ac02");
+        assert_eq!(record::decode::<LeaseRecord>(RecordKind::Lease, LEASE_VERSION, &bytes).unwrap(), lease);
+    }
+}

@@ -152,3 +152,82 @@ pub fn order_closure(root: &Node, mut dirs: HashMap<Digest, Directory>) -> Vec<D
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::castore::directory::Entry;
+
+    fn sample() -> NarRecord {
+        let bin = Directory {
+            entries: vec![Entry {
+                name: b"hello".to_vec(),
+                node: Node::File { digest: Digest([3; 32]), size: 5, executable: true },
+            }],
+        };
+        let root = Directory {
+            entries: vec![
+                Entry { name: b"bin".to_vec(), node: Node::Directory { digest: bin.digest(), size: 5 } },
+                Entry { name: b"lib".to_vec(), node: Node::Symlink { target: b"bin".to_vec() } },
+            ],
+        };
+        NarRecord {
+            root: Node::Directory { digest: root.digest(), size: 5 },
+            directories: vec![root, bin],
+            nar_hash: [7; 32],
+            nar_size: 400,
+            nar_md5: [9; 16],
+            chunker: ChunkerParams::TINY,
+            chunks: vec![ChunkRef { digest: Digest([3; 32]), size: 5 }],
+        }
+    }
+
+    /// Pins the NAR record encoding: changing it is a migration, never an accident.
+    #[test]
+    fn golden_bytes() {
+        let bytes = sample().encode();
+        let hex = hex::encode(&bytes);
+        assert_eq!(hex, GOLDEN);
+        assert_eq!(NarRecord::decode(&bytes).unwrap(), sample());
+    }
+
+    const GOLDEN: &str = concat!(
+        "4e474e5201",                                                           // magic NGNR, version 1
+        "0160a56313ed8f90874d58564a904322ee009a2f4c0e2657a87dd81d022aa8cae405", // root: directory (tag 1), digest, size 5
+        "02",                                                                   // 2 directories
+        "020362696e0162b85ca99ab5348c88d1ceadf112ba5cb8a7b414f2692df6552b05584339077e05036c6962020362696e", // root dir: bin -> directory, lib -> symlink bin
+        "010568656c6c6f0003030303030303030303030303030303030303030303030303030303030303030501", // bin: hello -> file (tag 0), digest, size 5, executable
+        "0707070707070707070707070707070707070707070707070707070707070707",                     // NarHash
+        "9003",                                                                                 // NarSize 400
+        "09090909090909090909090909090909",                                                     // MD5
+        "014080028008", // chunker: version 1, 64, 256, 1024
+        "01030303030303030303030303030303030303030303030303030303030303030305", // 1 chunk: digest, size 5
+    );
+
+    #[test]
+    fn invalid_closures_are_refused() {
+        let mut missing = sample();
+        missing.directories.pop();
+        let mut extra = sample();
+        extra.directories.push(Directory::default());
+        let mut not_root_first = sample();
+        not_root_first.directories.reverse();
+        let mut short_chunks = sample();
+        short_chunks.chunks[0].size = 4;
+        let mut big_chunk = sample();
+        big_chunk.chunks[0].size = 2000;
+        let mut wrong_size = sample();
+        wrong_size.root = Node::Directory { digest: wrong_size.directories[0].digest(), size: 6 };
+        for (what, bad) in [
+            ("missing directory", missing),
+            ("unreachable directory", extra),
+            ("root not first", not_root_first),
+            ("chunks shorter than the tree", short_chunks),
+            ("chunk above the maximum", big_chunk),
+            ("directory size", wrong_size),
+        ] {
+            let err = NarRecord::decode(&bad.encode()).unwrap_err();
+            assert!(matches!(err, RecordError::Invalid { .. }), "{what}: {err}");
+        }
+    }
+}
