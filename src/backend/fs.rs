@@ -85,6 +85,18 @@ const RENAME_ATTEMPTS: usize = 16;
 /// The size of the buffers a GET streams the file in.
 const READ_BUF: usize = 256 * 1024;
 
+/// Ranges up to this size are read whole, in one blocking call; larger ones are streamed.
+const WHOLE_READ_MAX: u64 = 16 << 20;
+
+/// Reads `len` bytes at `offset` of the object file of `key`.
+fn read_at(key: &str, file: &File, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; len as usize];
+    file.read_exact_at(&mut data, offset)
+        .map_err(|source| BackendError::Io { key: key.to_owned(), source })?;
+    Ok(Bytes::from(data))
+}
+
 /// An object bucket in a local directory.
 #[derive(Debug, Clone)]
 pub struct FsBackend {
@@ -124,8 +136,22 @@ impl Backend for FsBackend {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        let (file, meta) = self.blocking(key, move |root| open_object(root, &owned)).await?;
-        let range = resolve_range(key, range, meta.size)?;
+        let (file, meta, range, whole) = self
+            .blocking(key, move |root| {
+                let (file, meta) = open_object(root, &owned)?;
+                let range = resolve_range(&owned, range, meta.size)?;
+                // Chunks and records: read in the same blocking call, into one buffer.
+                if range.end - range.start <= WHOLE_READ_MAX {
+                    let data = read_at(&owned, &file, HEADER_LEN + range.start, range.end - range.start)?;
+                    return Ok((file, meta, range, Some(data)));
+                }
+                Ok((file, meta, range, None))
+            })
+            .await?;
+        if let Some(data) = whole {
+            let body = futures::stream::once(async move { Ok(data) }).boxed();
+            return Ok(GetResult { meta, range, body });
+        }
         let mut file = tokio::fs::File::from_std(file);
         file.seek(SeekFrom::Start(HEADER_LEN + range.start))
             .await
