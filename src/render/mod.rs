@@ -1,6 +1,7 @@
 //! Rendering NARs from the content-addressed store.
 //!
 //! - [`segment`]: the segment table of a NAR (literal framing + content spans).
+//! - [`listing`]: the NAR listing (`<storehash>.ls`) of a NAR record, as Nix writes it.
 //! - [`stream`]: a byte range of a NAR as a stream, chunks fetched ahead concurrently.
 //! - [`reader`]: a NAR as `AsyncRead + AsyncSeek`.
 //!
@@ -8,6 +9,7 @@
 //! `moka` cache weighed by size (concurrent misses on one NAR build it once), and reads chunks
 //! through the chunk store's cache of verified chunks.
 
+pub mod listing;
 pub mod reader;
 pub mod segment;
 pub mod stream;
