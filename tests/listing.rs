@@ -15,10 +15,9 @@
 
 mod common;
 
+use common::nix::{Nix, copy_dir};
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nargate::castore::{ChunkStore, ChunkerParams, NarRecord};
 use nargate::ingest::{IngestOptions, ingest_nar};
@@ -27,109 +26,28 @@ use nargate::nix::narinfo::NarInfo;
 use nargate::nix::store_path::StorePath;
 use nargate::render::listing::nar_listing;
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The path of `program` in `PATH`; panics, naming the install script, when it is not there.
-fn find_program(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{program}` is not in PATH: these tests run real Nix (Debian's nix-bin, Nix 2.8). \
-                 Install it with `.ci/install-tools.sh` (as root), then run the tests again."
-            )
-        })
-}
-
-/// Nix, run in a temp dir of its own (see the module documentation).
-struct Nix {
-    dir: TempDir,
-    nix: PathBuf,
-}
-
 impl Nix {
-    fn new() -> Self {
-        let nix = find_program("nix");
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["home", "conf", "state", "tmp"] {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
-        std::fs::write(
-            dir.path().join("conf/nix.conf"),
-            "experimental-features = nix-command\n\
-             substituters =\n\
-             trusted-public-keys =\n\
-             secret-key-files =\n\
-             build-users-group =\n\
-             sandbox = false\n",
-        )
-        .unwrap();
-        Self { dir, nix }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    /// Runs `nix args…` with a cleared environment that points Nix into the temp dir; panics
-    /// unless it succeeds.
-    fn run_ok<S: AsRef<OsStr>>(&self, args: &[S]) {
-        let home = self.path("home");
-        let mut command = Command::new(&self.nix);
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("NIX_CONF_DIR", self.path("conf"))
-            .env("NIX_STATE_DIR", self.path("state"))
-            .env("NIX_LOG_DIR", self.path("state/log"))
-            .env("TMPDIR", self.path("tmp"))
-            .args(args);
-        let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-        assert!(
-            output.status.success(),
-            "{command:?} failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
     /// Copies every path of the binary cache at `from` into a new binary cache `<temp>/<name>`
     /// that writes NAR listings, and returns that cache's directory.
     fn listings(&self, from: &Path, name: &str) -> PathBuf {
         let to = self.path(name);
-        self.run_ok(&[
-            "copy".to_string(),
-            "--from".into(),
-            format!("file://{}", from.display()),
-            "--to".into(),
-            format!("file://{}?write-nar-listing=true&compression=none", to.display()),
-            "--all".into(),
-        ]);
+        self.run_ok(
+            &self.nix,
+            [
+                "copy".to_string(),
+                "--from".into(),
+                format!("file://{}", from.display()),
+                "--to".into(),
+                format!("file://{}?write-nar-listing=true&compression=none", to.display()),
+                "--all".into(),
+            ],
+        );
         to
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

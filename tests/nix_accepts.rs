@@ -29,40 +29,20 @@
 //! goes over the network.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+mod common;
+
+use common::nix::{Nix, copy_dir};
 use nargate::nix::narinfo::NarInfo;
 use nargate::nix::signing::{PublicKey, SecretKey, sign_narinfo, verify_narinfo};
-use tempfile::TempDir;
 
 /// The fixture cache the tests copy (any of them would do; xz is what Nix writes by default).
 const FIXTURE_CACHE: &str = "cache-xz";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The path of `program` in `PATH`; panics, naming the install script, when it is not there.
-fn find_program(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{program}` is not in PATH: these tests run real Nix (Debian's nix-bin, Nix 2.8). \
-                 Install it with `.ci/install-tools.sh` (as root), then run the tests again."
-            )
-        })
-}
-
-/// Nix, run in a temp dir of its own (see the module documentation).
-struct Nix {
-    dir: TempDir,
-    nix: PathBuf,
-    nix_store: PathBuf,
 }
 
 /// What `nix store verify` said.
@@ -79,80 +59,6 @@ struct Verdict {
 }
 
 impl Nix {
-    fn new() -> Self {
-        let nix = find_program("nix");
-        let nix_store = find_program("nix-store");
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["home", "conf", "state", "tmp"] {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
-        std::fs::write(
-            dir.path().join("conf/nix.conf"),
-            "experimental-features = nix-command\n\
-             substituters =\n\
-             trusted-public-keys =\n\
-             secret-key-files =\n\
-             require-sigs = true\n\
-             build-users-group =\n\
-             sandbox = false\n",
-        )
-        .unwrap();
-        Self { dir, nix, nix_store }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    /// A command running `program` with a cleared environment that points Nix into the temp dir.
-    fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new(program);
-        let home = self.path("home");
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("NIX_CONF_DIR", self.path("conf"))
-            .env("NIX_STATE_DIR", self.path("state"))
-            .env("NIX_LOG_DIR", self.path("state/log"))
-            .env("TMPDIR", self.path("tmp"));
-        command
-    }
-
-    /// Runs `program args…`, returning its output whatever its exit status.
-    fn run<I, S>(&self, program: &Path, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut command = self.command(program);
-        command.args(args);
-        command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
-    }
-
-    /// Runs `program args…` and panics unless it succeeds.
-    fn run_ok<I, S>(&self, program: &Path, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let args: Vec<S> = args.into_iter().collect();
-        let output = self.run(program, &args);
-        assert!(
-            output.status.success(),
-            "{} {:?} failed ({}):\n{}",
-            program.display(),
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-
     /// A key pair made by `nix-store --generate-binary-cache-key`: the secret and public key files'
     /// paths and contents.
     fn generate_key(&self, name: &str) -> (PathBuf, String, String) {
@@ -236,29 +142,6 @@ impl Nix {
     }
 }
 
-impl Drop for Nix {
-    /// Nix makes what it adds to a store read-only: make every directory in the temp dir writable
-    /// again, so that `TempDir` can remove it when the tests do not run as root.
-    fn drop(&mut self) {
-        make_writable(self.dir.path());
-    }
-}
-
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    // `symlink_metadata`: never follow a symlink out of the temp dir.
-    let Ok(metadata) = std::fs::symlink_metadata(path) else { return };
-    if !metadata.is_dir() {
-        return;
-    }
-    let mut permissions = metadata.permissions();
-    permissions.set_mode(permissions.mode() | 0o700);
-    let _ = std::fs::set_permissions(path, permissions);
-    for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-        make_writable(&entry.path());
-    }
-}
-
 /// The URL of a chroot store at `root` (store paths in `<root>/nix/store`).
 fn local_store(root: &Path) -> String {
     format!("local?root={}", root.display())
@@ -336,19 +219,6 @@ impl Cache {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Asserts that Nix checked every one of `paths`, found all of them trusted and their NARs intact.
 #[track_caller]
 fn assert_accepted(verdict: &Verdict, paths: &[String]) {
@@ -394,7 +264,7 @@ fn nix_signs_exactly_as_we_do() {
     std::fs::write(&our_key_file, ours.to_string()).unwrap();
     let keys = [(nix_key_file, SecretKey::parse(&nix_key).unwrap()), (our_key_file, ours)];
 
-    let mut cache = Cache::copy_fixture(nix.dir.path(), "cache");
+    let mut cache = Cache::copy_fixture(nix.dir(), "cache");
     for (_, info) in &mut cache.infos {
         info.sigs.clear();
     }
@@ -436,7 +306,7 @@ fn nix_verifies_our_signatures() {
 
     for (label, key) in [("nix-made", &nix_key), ("nargate-made", &our_key)] {
         for strip_ca in [false, true] {
-            let mut cache = Cache::copy_fixture(nix.dir.path(), &format!("{label}-strip-ca-{strip_ca}"));
+            let mut cache = Cache::copy_fixture(nix.dir(), &format!("{label}-strip-ca-{strip_ca}"));
             let paths = cache.paths();
             let app = cache.info("app");
             assert_eq!(app.references.len(), 3, "the fixture `…-app` has three references");
@@ -481,7 +351,7 @@ fn nix_rejects_bad_signatures() {
         let public = key.to_public();
         let impostor = SecretKey::generate(key.name()).unwrap();
         let stranger = SecretKey::generate("stranger-1").unwrap();
-        let mut cache = Cache::copy_fixture(nix.dir.path(), &format!("bad-{}", key.name()));
+        let mut cache = Cache::copy_fixture(nix.dir(), &format!("bad-{}", key.name()));
         let paths = cache.paths();
         cache.sign_all(key);
         cache.strip_content_addresses();
@@ -528,7 +398,7 @@ fn nix_rejects_bad_signatures() {
 fn nix_trusts_content_addressed_paths_without_signatures() {
     let nix = Nix::new();
     let key = SecretKey::generate("nargate-made-1").unwrap();
-    let mut cache = Cache::copy_fixture(nix.dir.path(), "cache");
+    let mut cache = Cache::copy_fixture(nix.dir(), "cache");
     let paths = cache.paths();
     for (_, info) in &mut cache.infos {
         info.sigs.clear();
@@ -546,7 +416,7 @@ fn nix_copy_requires_our_signatures() {
     let nix = Nix::new();
     let key = SecretKey::generate("nargate-made-1").unwrap();
     let public = key.to_public();
-    let mut cache = Cache::copy_fixture(nix.dir.path(), "cache");
+    let mut cache = Cache::copy_fixture(nix.dir(), "cache");
     let paths = cache.paths();
     cache.sign_all(&key);
     cache.strip_content_addresses();
