@@ -12,6 +12,7 @@ use nargate::ingest::{IngestOptions, ingest_nar};
 use nargate::nix::narinfo::NarInfo;
 use nargate::nix::nixbase32;
 use nargate::nix::signing::{PublicKey, SecretKey, verify_narinfo};
+use nargate::render::listing::nar_listing;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -90,7 +91,20 @@ async fn either_order_commits(backend: DynBackend) {
             size: text.len() as u64,
             etag: md5_hex(text.as_bytes())
         }));
-        assert!(entries.iter().any(|e| e.key == served.url && e.size == info.nar_size));
+        let nar_etag = md5_hex(nar);
+        assert!(entries.contains(&IndexEntry {
+            key: served.url.clone(),
+            size: info.nar_size,
+            etag: nar_etag.clone()
+        }));
+        let alias = format!("store/{}.nar", info.store_path.base_name());
+        assert!(entries.contains(&IndexEntry { key: alias, size: info.nar_size, etag: nar_etag }));
+        let listing = nar_listing(&ingested.record).unwrap();
+        assert!(entries.contains(&IndexEntry {
+            key: format!("{hash}.ls"),
+            size: listing.len() as u64,
+            etag: md5_hex(&listing)
+        }));
     }
     let pending = backend
         .list(&ListRequest { prefix: "caches/either/pending/".into(), ..Default::default() })

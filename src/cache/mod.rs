@@ -23,6 +23,7 @@ use crate::nix::narinfo::{NarInfo, NarInfoError};
 use crate::nix::nixbase32;
 use crate::nix::signing::SecretKey;
 use crate::nix::store_path::StorePath;
+use crate::render::listing::nar_listing;
 
 /// Why a commit (or a step towards one) failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub enum CommitError {
         /// The NAR's.
         nar: u64,
     },
+    /// The NAR's listing cannot be rendered from its record.
+    #[error(transparent)]
+    Listing(#[from] crate::render::listing::ListingError),
     /// A stored store path does not parse.
     #[error(transparent)]
     StorePath(#[from] crate::nix::store_path::StorePathError),
@@ -88,10 +92,15 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// MD5 of `data`.
+pub fn md5(data: &[u8]) -> [u8; 16] {
+    use md5::{Digest as _, Md5};
+    Md5::digest(data).into()
+}
+
 /// MD5 hex of `data`: the ETag S3 clients expect of a single-part object.
 pub fn md5_hex(data: &[u8]) -> String {
-    use md5::{Digest as _, Md5};
-    hex::encode(Md5::digest(data))
+    hex::encode(md5(data))
 }
 
 impl Cache {
@@ -131,7 +140,13 @@ impl Cache {
     /// makes `nar/<narhash>.nar` visible, then commits every narinfo that was waiting for it.
     pub async fn nar_landed(&self, record: &NarRecord) -> Result<Vec<StorePath>, CommitError> {
         let nar_hash = nixbase32::encode(&record.nar_hash);
-        let cache_nar = CacheNar { nar_size: record.nar_size, nar_md5: record.nar_md5 };
+        let listing = nar_listing(record)?;
+        let cache_nar = CacheNar {
+            nar_size: record.nar_size,
+            nar_md5: record.nar_md5,
+            listing_size: listing.len() as u64,
+            listing_md5: md5(&listing),
+        };
         self.backend.put(&self.keys.cache_nar(&nar_hash), Bytes::from(cache_nar.encode())).await?;
         let visible = format!("nar/{nar_hash}.nar");
         self.put_index_entry(&visible, record.nar_size, &hex::encode(record.nar_md5)).await?;
@@ -186,8 +201,8 @@ impl Cache {
     }
 
     /// Makes a store path visible: checks the narinfo against the NAR this cache holds, writes the
-    /// path info, the NAR's user entry, the listing entry of `<hash>.narinfo`, then drops the
-    /// pending record. Idempotent.
+    /// path info, the NAR's user entry, the listing-index entries of `<hash>.narinfo`,
+    /// `<hash>.ls` and `store/<hash>-<name>.nar`, then drops the pending record. Idempotent.
     pub async fn commit(&self, info: &NarInfo, nar: &CacheNar) -> Result<(), CommitError> {
         if info.nar_size != nar.nar_size {
             return Err(CommitError::NarSizeMismatch { narinfo: info.nar_size, nar: nar.nar_size });
@@ -210,6 +225,10 @@ impl Cache {
         let text = self.served_narinfo(&path_info).await?.render();
         self.put_index_entry(&format!("{store_hash}.narinfo"), text.len() as u64, &md5_hex(text.as_bytes()))
             .await?;
+        self.put_index_entry(&format!("{store_hash}.ls"), nar.listing_size, &hex::encode(nar.listing_md5))
+            .await?;
+        let alias = format!("store/{}.nar", info.store_path.base_name());
+        self.put_index_entry(&alias, nar.nar_size, &hex::encode(nar.nar_md5)).await?;
         self.backend.delete(&self.keys.pending(&nar_hash, &store_hash)).await?;
         Ok(())
     }

@@ -42,13 +42,18 @@ pub struct PathInfo {
     pub uploaded: u64,
 }
 
-/// This cache holds a NAR (`caches/<bucket>/nars/<narhash>`): what listing and HEAD need of it.
+/// This cache holds a NAR (`caches/<bucket>/nars/<narhash>`): what listing and HEAD need of it
+/// and of its NAR listing (`<storehash>.ls`), without reading the NAR record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheNar {
     /// The NAR's size.
     pub nar_size: u64,
     /// MD5 of the NAR: its ETag.
     pub nar_md5: [u8; 16],
+    /// The size of the NAR's listing JSON.
+    pub listing_size: u64,
+    /// MD5 of the listing JSON: its ETag.
+    pub listing_md5: [u8; 16],
 }
 
 /// A narinfo waiting for its NAR (`caches/<bucket>/pending/<narhash>/<storehash>`).
@@ -119,8 +124,17 @@ mod tests {
             )
         );
         assert_eq!(PathInfo::decode(&info.encode()).unwrap(), info);
-        let nar = CacheNar { nar_size: 1, nar_md5: [2; 16] };
-        assert_eq!(hex::encode(nar.encode()), "4e47434e010102020202020202020202020202020202");
+        let nar = CacheNar { nar_size: 1, nar_md5: [2; 16], listing_size: 3, listing_md5: [4; 16] };
+        assert_eq!(
+            hex::encode(nar.encode()),
+            concat!(
+                "4e47434e01",
+                "01",
+                "02020202020202020202020202020202",
+                "03",
+                "04040404040404040404040404040404"
+            )
+        );
         let bucket = BucketRecord { created: 1, anonymous_read: true, signing_key: None, priority: 40 };
         assert_eq!(hex::encode(bucket.encode()), "4e47424b0101010028");
         let pending = Pending { narinfo: "N".into() };
