@@ -750,6 +750,23 @@ mod s3_only {
     use std::sync::Arc;
 
     #[tokio::test]
+    async fn without_connection_reuse() -> TestResult {
+        let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
+        let bucket = garage.create_bucket().await;
+        let config = S3Config { reuse_connections: false, ..garage.config(&bucket) };
+        let backend: DynBackend = Arc::new(S3Backend::new(config).await.expect("backend"));
+        let data = Bytes::from(vec![7u8; 300_000]);
+        for i in 0..20 {
+            backend.put(&format!("k{i:02}"), data.slice(..i * 1000)).await?;
+        }
+        for i in 0..20 {
+            assert_eq!(get_bytes(&*backend, &format!("k{i:02}")).await?, data.slice(..i * 1000));
+        }
+        assert_eq!(keys_under(&backend, "").await?.len(), 20);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn key_prefix() -> TestResult {
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
         let bucket = garage.create_bucket().await;

@@ -173,6 +173,7 @@ admin_token = "{token}"
             secret_access_key: Some(self.secret_key.clone()),
             prefix: None,
             max_attempts: 3,
+            reuse_connections: true,
         }
     }
 
