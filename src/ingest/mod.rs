@@ -80,6 +80,9 @@ pub struct Ingested {
 /// Why an upload was not ingested.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The chunker parameters are not usable.
+    #[error(transparent)]
+    Chunker(#[from] crate::castore::chunker::InvalidParams),
     /// The compression is not one nargate reads.
     #[error(transparent)]
     Compression(#[from] CompressionError),
@@ -125,8 +128,7 @@ pub async fn ingest_nar<R>(
 where
     R: AsyncRead + Unpin + Send,
 {
-    let chunker =
-        ContentChunker::new(options.chunker).map_err(|e| IngestError::Read(std::io::Error::other(e)))?;
+    let chunker = ContentChunker::new(options.chunker)?;
     let lease = Lease::acquire(store.backend().clone(), "nar ingest").await?;
     let result = ingest_under_lease(store, body, options, chunker, &lease).await;
     // A lease left behind only delays GC until it expires: not worth failing the upload for.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::castore::directory::{Directory, Node};
 use crate::castore::{ChunkRef, Digest, NarRecord};
-use crate::nix::nar::NarWriter;
+use crate::nix::nar::{NarError, NarWriter};
 
 /// What a segment's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,11 @@ pub struct Segment {
 }
 
 /// Why a table cannot be built from a record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TableError {
+    /// The tree is not one a NAR can hold (a validated record's always is).
+    #[error(transparent)]
+    Nar(#[from] NarError),
     /// A directory the tree references is not in the closure.
     #[error("directory {0} missing from the NAR record's closure")]
     MissingDirectory(Digest),
@@ -117,8 +120,7 @@ impl SegmentTable {
     /// Builds the table of a (validated) NAR record.
     pub fn build(record: &NarRecord) -> Result<Self, TableError> {
         let dirs = record.directory_index();
-        let mut writer = NarWriter::new(Collector::default())
-            .map_err(|_| TableError::SizeMismatch { rendered: 0, recorded: record.nar_size })?;
+        let mut writer = NarWriter::new(Collector::default()).map_err(NarError::from)?;
         write_node(&mut writer, &record.root, &dirs)?;
         let mut collector = writer.into_inner();
         collector.close_literal();
@@ -226,25 +228,22 @@ fn write_node(
     node: &Node,
     dirs: &std::collections::HashMap<Digest, &Directory>,
 ) -> Result<(), TableError> {
-    // Writing into memory cannot fail.
     match node {
         Node::File { size, executable, .. } => {
-            let _ = w.file_header(*executable, *size);
+            w.file_header(*executable, *size).map_err(NarError::from)?;
             w.get_mut().content(*size);
-            let _ = w.file_trailer(*size);
+            w.file_trailer(*size).map_err(NarError::from)?;
         }
-        Node::Symlink { target } => {
-            let _ = w.symlink(target);
-        }
+        Node::Symlink { target } => w.symlink(target).map_err(NarError::from)?,
         Node::Directory { digest, .. } => {
             let dir = dirs.get(digest).ok_or(TableError::MissingDirectory(*digest))?;
-            let _ = w.directory_start();
+            w.directory_start().map_err(NarError::from)?;
             for entry in &dir.entries {
-                let _ = w.entry_start(&entry.name);
+                w.entry_start(&entry.name).map_err(NarError::from)?;
                 write_node(w, &entry.node, dirs)?;
-                let _ = w.entry_end();
+                w.entry_end().map_err(NarError::from)?;
             }
-            let _ = w.directory_end();
+            w.directory_end().map_err(NarError::from)?;
         }
     }
     Ok(())
