@@ -41,17 +41,20 @@ pub enum ChunkError {
     },
 }
 
-/// Encodes a chunk for storage: zstd when that is smaller, else raw.
+/// Encodes a chunk for storage: zstd when that is smaller, else raw. One buffer of the chunk's
+/// size plus one byte, whichever codec wins: compression writes into it and gives up as soon as
+/// the frame would not be smaller than the data.
 pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL)
-        && compressed.len() < data.len()
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.resize(data.len(), 0);
+    if data.len() > 1
+        && let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut out[1..], ZSTD_LEVEL)
     {
-        let mut out = Vec::with_capacity(compressed.len() + 1);
-        out.push(CODEC_ZSTD);
-        out.extend_from_slice(&compressed);
+        out[0] = CODEC_ZSTD;
+        out.truncate(n + 1);
         return out;
     }
-    let mut out = Vec::with_capacity(data.len() + 1);
+    out.clear();
     out.push(CODEC_RAW);
     out.extend_from_slice(data);
     out

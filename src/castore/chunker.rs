@@ -7,7 +7,7 @@
 //! The cut points depend only on the bytes and the [`ChunkerParams`], which the NAR record keeps:
 //! the same NAR always makes the same chunks.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// The chunker's parameters: its algorithm version and chunk sizes in bytes.
@@ -102,8 +102,7 @@ impl ContentChunker {
         self.pending.extend_from_slice(data);
         // A cut within the first `max` bytes depends on nothing after them.
         while self.pending.len() >= self.params.max as usize {
-            let n = self.cut_point();
-            out.push(self.pending.split_to(n).freeze());
+            out.push(self.take_chunk());
         }
     }
 
@@ -114,9 +113,17 @@ impl ContentChunker {
 
     fn flush(&mut self, out: &mut Vec<Bytes>) {
         while !self.pending.is_empty() {
-            let n = self.cut_point();
-            out.push(self.pending.split_to(n).freeze());
+            out.push(self.take_chunk());
         }
+    }
+
+    /// Cuts the next chunk off the pending bytes. It is copied out, so a chunk in flight does not
+    /// pin the chunker's whole buffer (memory stays at about one buffer plus the chunks in flight).
+    fn take_chunk(&mut self) -> Bytes {
+        let n = self.cut_point();
+        let chunk = Bytes::copy_from_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        chunk
     }
 
     fn cut_point(&self) -> usize {
