@@ -147,6 +147,13 @@ async fn a_rejected_nar_leaves_nothing_reachable() {
     tokio::io::AsyncReadExt::read_to_end(&mut encoder, &mut xz).await.unwrap();
     let n = xz.len();
     xz[n / 2] ^= 0xff;
+    let mut br_then_garbage = vec![];
+    let mut encoder = async_compression::tokio::bufread::BrotliEncoder::new(&good[..]);
+    tokio::io::AsyncReadExt::read_to_end(&mut encoder, &mut br_then_garbage).await.unwrap();
+    br_then_garbage.extend_from_slice(b"garbage");
+    let br = IngestOptions { br_suffix: true, ..options.clone() };
+    let err = ingest_nar(&store, &br_then_garbage[..], &br).await.unwrap_err();
+    assert!(matches!(err, IngestError::Nar(nargate::nix::nar::NarError::TrailingData)), "{err}");
     for bad in [&good[..good.len() - 100], &garbage[..], &xz[..]] {
         let err = ingest_nar(&store, bad, &options).await.unwrap_err();
         assert!(matches!(err, IngestError::Nar(_)), "{err}");

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::task::JoinSet;
 
 pub use compression::{Compression, CompressionError};
@@ -190,7 +190,10 @@ where
     let (root, directories) = tree.finish().ok_or(NarError::UnexpectedEof)?;
     let (chunks, uploaded, stored_chunk_bytes) = uploads.finish().await?;
 
-    // Whatever the client sent after the compressed stream's end is not part of the upload.
+    // The decoders read multi-member streams to the end; any byte after the last one is garbage.
+    if received.read(&mut [0u8; 1]).await.map_err(IngestError::Read)? != 0 {
+        return Err(NarError::TrailingData.into());
+    }
     let received_digests = received.into_inner().digests();
     let nar_md5 = nar_digests.md5.or(received_digests.md5).unwrap_or_default();
     let nar_hash = nar_digests.sha256.unwrap_or_default();
