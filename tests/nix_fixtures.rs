@@ -1,10 +1,7 @@
 //! The `nix` module against a real binary cache made by Nix 2.8 (`tests/fixtures`, see its
 //! README). Names, hashes and sizes are read from the fixture files, never hard-coded.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use async_compression::tokio::bufread::{
     BrotliDecoder, BzDecoder, GzipDecoder, Lz4Decoder, XzDecoder, ZstdDecoder,
@@ -18,7 +15,7 @@ use nargate::nix::nixbase32;
 use nargate::nix::signing::{PublicKey, SecretKey, sign_narinfo, verify_narinfo};
 use nargate::nix::store_path::{STORE_DIR, StorePath};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, BufReader};
 
 /// The seven caches, one per compression Nix 2.8 writes (but lzip).
 const CACHES: [&str; 7] =
@@ -82,35 +79,6 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
 }
 
-/// An [`AsyncRead`] that yields one byte per read, and is not ready every other poll.
-struct Trickle<R> {
-    inner: R,
-    pending: bool,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Trickle<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.pending = !self.pending;
-        if self.pending {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let mut one = [0u8; 1];
-        let mut small = ReadBuf::new(&mut one[..buf.remaining().min(1)]);
-        match Pin::new(&mut self.inner).poll_read(cx, &mut small) {
-            Poll::Ready(Ok(())) => {
-                buf.put_slice(small.filled());
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
 #[test]
 fn index_hashes_match_the_nar_files() {
     for nar in index() {
@@ -128,15 +96,6 @@ fn every_nar_parses_and_rewrites_to_the_same_bytes() {
     for nar in index() {
         let tree = block_on(read_nar_tree(&nar.bytes[..])).unwrap();
         assert_eq!(write_nar(&tree).unwrap(), nar.bytes, "{}", nar.store_path);
-    }
-}
-
-#[test]
-fn every_nar_reads_one_byte_at_a_time() {
-    for nar in index() {
-        let expected = block_on(read_nar_tree(&nar.bytes[..])).unwrap();
-        let trickled = block_on(read_nar_tree(Trickle { inner: &nar.bytes[..], pending: false })).unwrap();
-        assert_eq!(trickled, expected, "{}", nar.store_path);
     }
 }
 

@@ -123,17 +123,24 @@ async fn seeks_read_the_right_bytes() {
 }
 
 #[tokio::test]
-async fn nar_hash_mismatch_writes_no_record() {
+async fn nar_hash_or_size_mismatch_writes_no_record() {
     let (_dir, backend) = common::fs_backend();
     let store = ChunkStore::new(backend.clone(), 1 << 20);
     let (info, path) =
         fixture_uploads().into_iter().find(|(i, _)| i.store_path.name().ends_with("app")).unwrap();
-    let options = IngestOptions {
+    let upload = std::fs::read(&path).unwrap();
+    let mut other_hash = info.nar_hash_digest().unwrap();
+    other_hash[0] ^= 1;
+    let wrong_hash =
+        IngestOptions { expected_nar_hash: Some(other_hash), br_suffix: is_br(&path), ..Default::default() };
+    let err = ingest_nar(&store, &upload[..], &wrong_hash).await.unwrap_err();
+    assert!(matches!(err, nargate::ingest::IngestError::NarHashMismatch { .. }), "{err}");
+    let wrong_size = IngestOptions {
         expected_nar_size: Some(info.nar_size + 1),
         br_suffix: is_br(&path),
         ..Default::default()
     };
-    let err = ingest_nar(&store, &std::fs::read(path).unwrap()[..], &options).await.unwrap_err();
+    let err = ingest_nar(&store, &upload[..], &wrong_size).await.unwrap_err();
     assert!(matches!(err, nargate::ingest::IngestError::NarSizeMismatch { .. }), "{err}");
     let records = backend.list(&ListRequest { prefix: "nars/".into(), ..Default::default() }).await.unwrap();
     assert!(records.objects.is_empty());

@@ -520,6 +520,25 @@ fn tree_strategy() -> impl Strategy<Value = NarNode> {
     })
 }
 
+/// Every NAR that Nix wrote for the fixtures (`tests/fixtures/nars`) reads the same one byte at a
+/// time as in one piece.
+#[test]
+fn fixture_nars_read_one_byte_at_a_time() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nars");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "nar") {
+            let nar = std::fs::read(&path).unwrap();
+            let whole = block_on(read_nar_tree(&nar[..])).unwrap();
+            let trickled = block_on(read_nar_tree(Trickle::new(&nar[..]))).unwrap();
+            assert_eq!(trickled, whole, "{}", path.display());
+            count += 1;
+        }
+    }
+    assert_eq!(count, 4, "the four fixture NARs");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
