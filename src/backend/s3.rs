@@ -64,6 +64,10 @@ pub struct S3Config {
     /// connection after ~43 ms, on a new one in ~1.6 ms (see the README's figures) — where a new
     /// connection per request is cheap (a nearby server without TLS).
     pub reuse_connections: bool,
+    /// How long to wait for a connection to the endpoint (the SDK's default when `None`).
+    pub connect_timeout: Option<std::time::Duration>,
+    /// How long one operation may take in all, retries included (no limit when `None`).
+    pub operation_timeout: Option<std::time::Duration>,
 }
 
 impl Default for S3Config {
@@ -80,6 +84,8 @@ impl Default for S3Config {
             prefix: None,
             max_attempts: 3,
             reuse_connections: true,
+            connect_timeout: None,
+            operation_timeout: None,
         }
     }
 }
@@ -96,6 +102,8 @@ impl std::fmt::Debug for S3Config {
             .field("prefix", &self.prefix)
             .field("max_attempts", &self.max_attempts)
             .field("reuse_connections", &self.reuse_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }
@@ -157,7 +165,15 @@ impl S3Backend {
                     .build_https(),
             );
         }
+        let mut timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder();
+        if let Some(t) = config.connect_timeout {
+            timeouts = timeouts.connect_timeout(t);
+        }
+        if let Some(t) = config.operation_timeout {
+            timeouts = timeouts.operation_timeout(t);
+        }
         let s3 = s3
+            .timeout_config(timeouts.build())
             .force_path_style(config.path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)

@@ -174,6 +174,8 @@ admin_token = "{token}"
             prefix: None,
             max_attempts: 3,
             reuse_connections: true,
+            connect_timeout: None,
+            operation_timeout: None,
         }
     }
 
