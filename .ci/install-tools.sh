@@ -3,20 +3,31 @@
 # Idempotent: run it as often as you like; it installs nothing when everything is there.
 # Debian/Ubuntu (apt-get); run as root, or with sudo available.
 #
-# To add a tool, add one `command:package` line to TOOLS: a command the tests run, and the Debian
-# package that provides it (several commands may name one package; it is installed once).
+# To add a tool, add one `command:package` line to TOOLS: a command the tests run (a name looked up
+# in PATH, or an absolute path when another program of that name may come first in PATH), and the
+# Debian package that provides it (several commands may name one package; it is installed once).
 set -euo pipefail
 
 TOOLS=(
   "nix:nix-bin"         # tests/nix_accepts.rs: Nix 2.8 checks the signatures we make
   "nix-store:nix-bin"
+  "/usr/bin/aws:awscli" # tests/serve_cli.rs: the aws cli v2 (a Python v1 may come first in PATH)
+  "curl:curl"           # tests/serve_cli.rs: anonymous reads as a plain HTTP client makes them
 )
+
+# Whether a tool is there: an absolute path must be an executable file, a name must be in PATH.
+have() {
+  case "$1" in
+    /*) [ -x "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
 
 missing=()
 for pair in "${TOOLS[@]}"; do
   cmd=${pair%%:*} package=${pair#*:}
-  if command -v "$cmd" >/dev/null 2>&1; then
-    echo "install-tools: $cmd found ($(command -v "$cmd")), not installing $package"
+  if have "$cmd"; then
+    echo "install-tools: $cmd found, not installing $package"
   else
     echo "install-tools: $cmd not found, will install $package"
     [[ " ${missing[*]} " == *" $package "* ]] || missing+=("$package")
@@ -45,7 +56,7 @@ echo "install-tools: apt-get install -y --no-install-recommends ${missing[*]}"
 failed=0
 for pair in "${TOOLS[@]}"; do
   cmd=${pair%%:*} package=${pair#*:}
-  if ! command -v "$cmd" >/dev/null 2>&1; then
+  if ! have "$cmd"; then
     echo "install-tools: $cmd still missing after installing $package" >&2
     failed=1
   fi

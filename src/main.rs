@@ -1,20 +1,21 @@
-//! The `nargate` command line: `import` a `file://` binary cache into the embedded store, `cat` a
-//! stored NAR.
+//! The `nargate` command line: `serve` the S3 gateway; `import` a `file://` binary cache; `cat` a
+//! stored NAR; manage `credentials` and `bucket` settings.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use failure::{Failure, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use nargate::backend::DynBackend;
-use nargate::backend::fs::FsBackend;
-use nargate::cache::{BucketRecord, Cache};
+use nargate::cache::{BucketRecord, BucketSettings, Cache, MetaConfig};
 use nargate::castore::ChunkStore;
-use nargate::ingest::{IngestOptions, ingest_nar};
-use nargate::nix::narinfo::NarInfo;
-use nargate::render::{RenderConfig, Renderer};
+use nargate::config::{BackendConfig, Config};
+use nargate::credentials::CredentialStore;
+use nargate::gateway::{Gateway, GatewayOptions};
+use nargate::ingest::import::{import_path, narinfos};
+use nargate::nix::signing::SecretKey;
+use nargate::render::Renderer;
 use tokio::io::AsyncWriteExt;
 
 /// nargate: an S3-compatible gateway for Nix binary caches, storing store paths as deduplicated
@@ -26,14 +27,32 @@ struct Cli {
     command: Command,
 }
 
+/// Where the store is: a configuration file, or the embedded store's directory.
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// The configuration file (TOML; `config/nargate.toml` shows every option).
+    #[arg(long, env = "NARGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Use the embedded store in this directory (overrides the configured backend).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Import `file://` binary caches (narinfos and their NARs) into a bucket of the embedded store.
-    Import {
-        /// The embedded store's directory.
+    /// Serve every bucket as an S3 bucket and a Nix binary cache.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The address to listen on (default 127.0.0.1:9000).
         #[arg(long)]
-        data: PathBuf,
-        /// The bucket (cache) to import into.
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Import `file://` binary caches (narinfos and their NARs) into a bucket.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The bucket (cache) to import into; created if missing.
         #[arg(long, default_value = "cache")]
         bucket: String,
         /// Binary cache directories (each with `*.narinfo` and `nar/`).
@@ -42,9 +61,8 @@ enum Command {
     },
     /// Write a stored NAR, or a byte range of it, to standard output.
     Cat {
-        /// The embedded store's directory.
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The bucket (cache) holding the store path.
         #[arg(long, default_value = "cache")]
         bucket: String,
@@ -56,6 +74,77 @@ enum Command {
         /// Bytes to write (default: to the end).
         #[arg(long)]
         length: Option<u64>,
+    },
+    /// Manage the key pairs clients sign with (kept in the store, shared by every gateway).
+    Credentials {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: CredentialsAction,
+    },
+    /// Create a bucket, change its settings, or show them.
+    Bucket {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: BucketAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsAction {
+    /// Create a key pair and print it (the secret is shown only now).
+    Create {
+        /// What the key pair is for.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the key pairs (never their secrets).
+    List,
+    /// Delete a key pair.
+    Delete {
+        /// Its access key id.
+        access_key_id: String,
+    },
+}
+
+/// Settings of a bucket that `bucket create` and `bucket set` take.
+#[derive(Debug, Args)]
+struct BucketFlags {
+    /// Whether anonymous clients may read (`--anonymous-read` alone means true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    anonymous_read: Option<bool>,
+    /// Generate a signing key: narinfos are served with the bucket's own signature.
+    #[arg(long)]
+    sign: bool,
+    /// The `Priority` of `nix-cache-info` (Nix prefers lower).
+    #[arg(long)]
+    priority: Option<u32>,
+    /// The `WantMassQuery` of `nix-cache-info`.
+    #[arg(long)]
+    want_mass_query: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BucketAction {
+    /// Create a bucket.
+    Create {
+        /// The bucket's name.
+        name: String,
+        #[command(flatten)]
+        flags: BucketFlags,
+    },
+    /// Change a bucket's settings.
+    Set {
+        /// The bucket's name.
+        name: String,
+        #[command(flatten)]
+        flags: BucketFlags,
+    },
+    /// Show a bucket's settings, and the public key to trust.
+    Show {
+        /// The bucket's name.
+        name: String,
     },
 }
 
@@ -77,16 +166,20 @@ mod failure {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let filter = std::env::var("NARGATE_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Import { data, bucket, caches } => import(&data, &bucket, &caches).await,
-        Command::Cat { data, bucket, store_path, offset, length } => {
-            cat(&data, &bucket, &store_path, offset, length).await
+        Command::Serve { store, listen } => serve(&store, listen).await,
+        Command::Import { store, bucket, caches } => import(&store, &bucket, &caches).await,
+        Command::Cat { store, bucket, store_path, offset, length } => {
+            cat(&store, &bucket, &store_path, offset, length).await
         }
+        Command::Credentials { store, action } => credentials(&store, action).await,
+        Command::Bucket { store, action } => bucket(&store, action).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -97,37 +190,92 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn open_store(data: &Path) -> Result<DynBackend> {
-    Ok(Arc::new(FsBackend::new(data.to_path_buf())?))
-}
-
-/// Every narinfo of a `file://` cache, sorted, with the NAR file its URL names.
-fn narinfos(cache_dir: &Path) -> Result<Vec<(NarInfo, PathBuf)>> {
-    let mut out = vec![];
-    let entries =
-        std::fs::read_dir(cache_dir).map_err(|e| Failure(format!("{}: {e}", cache_dir.display())))?;
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "narinfo") {
-            let text = std::fs::read_to_string(&path)?;
-            let info = NarInfo::parse(&text).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
-            let nar = cache_dir.join(&info.url);
-            out.push((info, nar));
-        }
+/// The configuration: the file, the `NARGATE_*` environment, then `--data`.
+fn load_config(store: &StoreArgs) -> Result<Config> {
+    let mut config = Config::load(store.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = &store.data {
+        config.backend = BackendConfig::Fs { dir: dir.clone() };
     }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
+    Ok(config)
 }
 
-async fn import(data: &Path, bucket: &str, caches: &[PathBuf]) -> Result<()> {
-    let backend = open_store(data)?;
-    let store = ChunkStore::new(backend.clone(), 64 << 20);
+async fn open_store(store: &StoreArgs) -> Result<(Config, DynBackend)> {
+    let config = load_config(store)?;
+    let backend = config.open_backend().await?;
+    Ok((config, backend))
+}
+
+async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let (mut config, backend) = open_store(store).await?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let generated = CredentialStore::new(backend.clone()).ensure_initial(config.client_key_pair().as_ref()).await?;
+    for (name, settings) in &config.buckets {
+        apply_settings(&Cache::new(backend.clone(), name), settings, false).await?;
+    }
+    let options = GatewayOptions {
+        domains: config.domains.clone(),
+        meta: MetaConfig { max_entries: config.cache.metadata_cache_entries, ttl: config.cache.metadata_ttl },
+        render: config.render_config(),
+        chunk_cache_bytes: config.cache.chunk_cache_bytes,
+        buckets: config.buckets.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failure(format!("cannot listen on {}: {e}", config.listen)))?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    println!("nargate serving at {endpoint} ({})", describe_backend(&config.backend));
+    let id = match (&generated, config.client_key_pair()) {
+        (Some(pair), _) => {
+            println!("A key pair was generated and stored; its secret is shown only now:");
+            println!("  access key id:     {}", pair.access_key_id);
+            println!("  secret access key: {}", pair.secret_access_key);
+            pair.access_key_id.clone()
+        }
+        (None, Some(pair)) => {
+            println!("access key id: {} (from the configuration)", pair.access_key_id);
+            pair.access_key_id
+        }
+        (None, None) => {
+            println!("key pairs: those in the store (`nargate credentials list`)");
+            "<access key id>".into()
+        }
+    };
+    println!("aws cli:  AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY=… aws --endpoint-url {endpoint} s3 ls");
+    println!("rclone:   rclone config create nargate s3 provider=Other endpoint={endpoint} access_key_id={id} secret_access_key=…");
+    println!("nix:      nix copy --from {endpoint}/<bucket> … (a netrc with `machine {}` login {id} password …)", host_of(&endpoint));
+    println!("          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>");
+    let gateway = Gateway::new(backend, options);
+    nargate::gateway::serve(listener, gateway, async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
+    .await?;
+    Ok(())
+}
+
+fn host_of(endpoint: &str) -> &str {
+    let rest = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    rest.split(':').next().unwrap_or(rest)
+}
+
+fn describe_backend(backend: &BackendConfig) -> String {
+    match backend {
+        BackendConfig::Fs { dir } => format!("embedded store in {}", dir.display()),
+        BackendConfig::S3(s3) => format!(
+            "S3 bucket {} at {}",
+            s3.bucket,
+            s3.endpoint.as_deref().unwrap_or("AWS")
+        ),
+    }
+}
+
+async fn import(store: &StoreArgs, bucket: &str, caches: &[PathBuf]) -> Result<()> {
+    let (_, backend) = open_store(store).await?;
+    let chunks = ChunkStore::new(backend.clone(), 64 << 20);
     let cache = Cache::new(backend.clone(), bucket);
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    cache
-        .create(BucketRecord { created: now, anonymous_read: true, signing_key: None, priority: 40 })
-        .await?;
+    cache.create(BucketRecord::new_now()).await?;
 
     let mut work = vec![];
     for dir in caches {
@@ -142,35 +290,22 @@ async fn import(data: &Path, bucket: &str, caches: &[PathBuf]) -> Result<()> {
     let (mut paths, mut nar_bytes, mut stored) = (0u64, 0u64, 0u64);
     for (info, nar_path) in work {
         bar.set_message(info.store_path.name().to_owned());
-        let file = tokio::fs::File::open(&nar_path)
-            .await
-            .map_err(|e| Failure(format!("{}: {e}", nar_path.display())))?;
-        let options = IngestOptions {
-            br_suffix: nar_path.extension().is_some_and(|e| e == "br"),
-            expected_nar_hash: Some(info.nar_hash_digest()?),
-            expected_nar_size: Some(info.nar_size),
-            ..Default::default()
-        };
-        let ingested = ingest_nar(&store, file, &options)
-            .await
-            .map_err(|e| Failure(format!("{}: {e}", nar_path.display())))?;
-        cache.nar_landed(&ingested.record).await?;
-        cache.narinfo_arrived(&info.store_path.hash_part(), &info).await?;
+        let ingested = import_path(&chunks, &cache, &info, &nar_path).await?;
         paths += 1;
         nar_bytes += ingested.record.nar_size;
         stored += ingested.stored_chunk_bytes;
         bar.inc(ingested.received.size);
     }
     bar.finish_and_clear();
-    let chunks = nargate::backend::list_all(backend.as_ref(), "chunks/").await?.len();
+    let chunk_objects = nargate::backend::list_all(backend.as_ref(), "chunks/").await?.len();
     println!(
-        "imported {paths} store paths into bucket {bucket}: {nar_bytes} NAR bytes, {stored} new chunk bytes stored ({chunks} chunks in the store)"
+        "imported {paths} store paths into bucket {bucket}: {nar_bytes} NAR bytes, {stored} new chunk bytes stored ({chunk_objects} chunks in the store)"
     );
     Ok(())
 }
 
-async fn cat(data: &Path, bucket: &str, store_path: &str, offset: u64, length: Option<u64>) -> Result<()> {
-    let backend = open_store(data)?;
+async fn cat(store: &StoreArgs, bucket: &str, store_path: &str, offset: u64, length: Option<u64>) -> Result<()> {
+    let (config, backend) = open_store(store).await?;
     let cache = Cache::new(backend.clone(), bucket);
     let base = store_path.strip_prefix("/nix/store/").unwrap_or(store_path);
     let hash = base.split('-').next().unwrap_or(base);
@@ -181,7 +316,7 @@ async fn cat(data: &Path, bucket: &str, store_path: &str, offset: u64, length: O
     if cache.cache_nar(&info.nar_hash).await?.is_none() {
         return Err(Failure(format!("{store_path}: its NAR is not in bucket {bucket}")));
     }
-    let renderer = Renderer::new(ChunkStore::new(backend, 64 << 20), RenderConfig::default());
+    let renderer = Renderer::new(ChunkStore::new(backend, 64 << 20), config.render_config());
     let end = length.map_or(u64::MAX, |l| offset.saturating_add(l));
     let mut body = renderer.range(&info.nar_hash, offset..end).await?;
     let mut stdout = tokio::io::stdout();
@@ -190,4 +325,101 @@ async fn cat(data: &Path, bucket: &str, store_path: &str, offset: u64, length: O
     }
     stdout.flush().await?;
     Ok(())
+}
+
+async fn credentials(store: &StoreArgs, action: CredentialsAction) -> Result<()> {
+    let (_, backend) = open_store(store).await?;
+    let credentials = CredentialStore::new(backend);
+    match action {
+        CredentialsAction::Create { description } => {
+            let pair = credentials.create(description.as_deref()).await?;
+            println!("access key id:     {}", pair.access_key_id);
+            println!("secret access key: {}", pair.secret_access_key);
+        }
+        CredentialsAction::List => {
+            for info in credentials.list().await? {
+                println!("{}\t{}\t{}", info.access_key_id, info.created, info.description.unwrap_or_default());
+            }
+        }
+        CredentialsAction::Delete { access_key_id } => {
+            if !credentials.delete(&access_key_id).await? {
+                return Err(Failure(format!("no key pair {access_key_id}")));
+            }
+            println!("deleted {access_key_id}");
+        }
+    }
+    Ok(())
+}
+
+/// Applies `settings` to a bucket, creating it if missing; `sign` generates a signing key
+/// unless it has one. The listing entries of narinfos follow when their text changed.
+async fn apply_settings(cache: &Cache, settings: &BucketSettings, sign: bool) -> Result<BucketRecord> {
+    let mut record = cache.settings().await?.unwrap_or_else(BucketRecord::new_now);
+    let mut changed = record.apply(settings);
+    if sign && record.signing_key.is_none() {
+        let key = SecretKey::generate(&format!("{}-1", cache.bucket()))?;
+        record.signing_key = Some(key.to_string());
+        changed = true;
+    }
+    if changed || cache.settings().await?.is_none() {
+        cache.set_settings(&record).await?;
+        let refreshed = cache.refresh_narinfo_entries().await?;
+        if refreshed > 0 {
+            println!("updated the listing entries of {refreshed} narinfos");
+        }
+    }
+    Ok(record)
+}
+
+async fn bucket(store: &StoreArgs, action: BucketAction) -> Result<()> {
+    let (_, backend) = open_store(store).await?;
+    let show = |name: &str, record: &BucketRecord| -> Result<()> {
+        println!("bucket {name}");
+        println!("  anonymous read:  {}", record.anonymous_read);
+        println!("  priority:        {}", record.priority);
+        println!("  WantMassQuery:   {}", record.want_mass_query);
+        match &record.signing_key {
+            Some(key) => {
+                let key: SecretKey = key.parse().map_err(|e| Failure(format!("{e}")))?;
+                println!("  signing key:     {} (trusted-public-keys = {})", key.name(), key.to_public());
+            }
+            None => println!("  signing key:     none (narinfos carry only their uploaders' signatures)"),
+        }
+        Ok(())
+    };
+    match action {
+        BucketAction::Create { name, flags } => {
+            let cache = Cache::new(backend, &name);
+            if cache.settings().await?.is_some() {
+                return Err(Failure(format!("bucket {name} exists (change it with `nargate bucket set`)")));
+            }
+            let record = apply_settings(&cache, &flags.settings(), flags.sign).await?;
+            show(&name, &record)
+        }
+        BucketAction::Set { name, flags } => {
+            let cache = Cache::new(backend, &name);
+            if cache.settings().await?.is_none() {
+                return Err(Failure(format!("no bucket {name} (create it with `nargate bucket create`)")));
+            }
+            let record = apply_settings(&cache, &flags.settings(), flags.sign).await?;
+            show(&name, &record)
+        }
+        BucketAction::Show { name } => {
+            let record = Cache::new(backend, &name)
+                .settings()
+                .await?
+                .ok_or_else(|| Failure(format!("no bucket {name}")))?;
+            show(&name, &record)
+        }
+    }
+}
+
+impl BucketFlags {
+    fn settings(&self) -> BucketSettings {
+        BucketSettings {
+            anonymous_read: self.anonymous_read,
+            priority: self.priority,
+            want_mass_query: self.want_mass_query,
+        }
+    }
 }

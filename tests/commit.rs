@@ -51,6 +51,7 @@ async fn either_order_commits(backend: DynBackend) {
             anonymous_read: false,
             signing_key: Some(secret.to_string()),
             priority: 30,
+            want_mass_query: true,
         })
         .await
         .unwrap();

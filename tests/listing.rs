@@ -31,26 +31,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-impl Nix {
-    /// Copies every path of the binary cache at `from` into a new binary cache `<temp>/<name>`
-    /// that writes NAR listings, and returns that cache's directory.
-    fn listings(&self, from: &Path, name: &str) -> PathBuf {
-        let to = self.path(name);
-        self.run_ok(
-            &self.nix,
-            [
-                "copy".to_string(),
-                "--from".into(),
-                format!("file://{}", from.display()),
-                "--to".into(),
-                format!("file://{}?write-nar-listing=true&compression=none", to.display()),
-                "--all".into(),
-            ],
-        );
-        to
-    }
-}
-
 /// The narinfos of the binary cache in `dir`, sorted by file name.
 fn narinfos(dir: &Path) -> Vec<NarInfo> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -194,6 +194,13 @@ pub async fn get_bytes(backend: &dyn Backend, key: &str) -> Result<Bytes, Backen
     backend.get(key, None).await?.bytes().await
 }
 
+/// Reads a whole object into memory, with its metadata.
+pub async fn get_bytes_with_meta(backend: &dyn Backend, key: &str) -> Result<(Bytes, ObjectMeta), BackendError> {
+    let result = backend.get(key, None).await?;
+    let meta = result.meta.clone();
+    Ok((result.bytes().await?, meta))
+}
+
 /// Lists every object under `prefix`, following continuation tokens page by page.
 pub async fn list_all(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectMeta>, BackendError> {
     let mut objects = vec![];

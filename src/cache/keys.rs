@@ -12,6 +12,11 @@ impl CacheKeys {
         CacheKeys { root: format!("caches/{bucket}/") }
     }
 
+    /// The prefix of every record of this cache.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
     /// The bucket's settings record.
     pub fn bucket(&self) -> String {
         format!("{}bucket", self.root)
@@ -51,6 +56,11 @@ impl CacheKeys {
     /// hex keeps byte order, and `.` sorts below every hex digit.
     pub fn index_entry(&self, key: &str, size: u64, etag: &str) -> String {
         format!("{}{}.{size}.{etag}", self.index_prefix(), hex::encode(key.as_bytes()))
+    }
+
+    /// The prefix of every listing-index entry of visible key `key` (whatever its size and ETag).
+    pub fn index_entry_prefix(&self, key: &str) -> String {
+        format!("{}{}.", self.index_prefix(), hex::encode(key.as_bytes()))
     }
 
     /// A plain object the gateway does not interpret.

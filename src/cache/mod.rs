@@ -7,16 +7,23 @@
 //! the things a reader needs, so a reader never sees a store path it cannot render.
 
 pub mod keys;
+pub mod listing;
+pub mod meta;
 pub mod records;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 pub use keys::{CacheKeys, IndexEntry};
-pub use records::{BucketRecord, CacheNar, PathInfo, Pending};
+pub use listing::{After, ListQuery, Listing};
+pub use meta::{Cached, MetaCache, MetaConfig};
+pub use records::{BucketRecord, BucketSettings, CacheNar, PathInfo, Pending};
 
-use crate::backend::{self, BackendError, DynBackend};
+use crate::backend::{
+    self, Attributes, BackendError, ByteStream, DynBackend, GetResult, ListRequest, ObjectMeta, PutOptions,
+};
 use crate::castore::NarRecord;
 use crate::castore::record::RecordError;
 use crate::nix::narinfo::{NarInfo, NarInfoError};
@@ -71,6 +78,9 @@ impl CommitError {
     }
 }
 
+/// The key of the bucket's generated `nix-cache-info`.
+pub const NIX_CACHE_INFO: &str = "nix-cache-info";
+
 /// What happened to an uploaded narinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NarInfoOutcome {
@@ -80,15 +90,39 @@ pub enum NarInfoOutcome {
     Pending,
 }
 
+/// Every bucket on `backend`, by name, with the backend's metadata of its record (whose time is
+/// the bucket's creation time). One LIST, and one HEAD per bucket.
+pub async fn list_buckets(backend: &DynBackend) -> Result<Vec<(String, ObjectMeta)>, CommitError> {
+    let mut request = ListRequest { prefix: "caches/".into(), delimiter: Some("/".into()), ..Default::default() };
+    let mut buckets = vec![];
+    loop {
+        let page = backend.list(&request).await?;
+        for prefix in &page.common_prefixes {
+            let Some(name) = prefix.strip_prefix("caches/").and_then(|p| p.strip_suffix('/')) else { continue };
+            match backend.head(&CacheKeys::new(name).bucket()).await {
+                Ok(meta) => buckets.push((name.to_owned(), meta)),
+                Err(BackendError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match page.next_continuation_token {
+            Some(token) => request.continuation_token = Some(token),
+            None => return Ok(buckets),
+        }
+    }
+}
+
 /// One bucket's view of the store.
 #[derive(Debug, Clone)]
 pub struct Cache {
     backend: DynBackend,
     bucket: String,
     keys: CacheKeys,
+    meta: MetaCache,
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch, by this gateway's clock (for records' own times).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -106,7 +140,12 @@ pub fn md5_hex(data: &[u8]) -> String {
 impl Cache {
     /// The cache named `bucket` on `backend` (its records need not exist yet).
     pub fn new(backend: DynBackend, bucket: &str) -> Self {
-        Cache { backend, bucket: bucket.to_owned(), keys: CacheKeys::new(bucket) }
+        Cache::with_meta(backend, bucket, MetaCache::disabled())
+    }
+
+    /// The cache named `bucket`, reading its small records through `meta`.
+    pub fn with_meta(backend: DynBackend, bucket: &str, meta: MetaCache) -> Self {
+        Cache { backend, bucket: bucket.to_owned(), keys: CacheKeys::new(bucket), meta }
     }
 
     /// The bucket's name.
@@ -121,19 +160,128 @@ impl Cache {
 
     /// The bucket's settings, if the bucket exists.
     pub async fn settings(&self) -> Result<Option<BucketRecord>, CommitError> {
-        match self.get(&self.keys.bucket()).await? {
-            Some(bytes) => Ok(Some(BucketRecord::decode(&bytes)?)),
-            None => Ok(None),
+        Ok(self.bucket_record().await?.map(|pair| pair.0.clone()))
+    }
+
+    /// The bucket's settings and the backend's metadata of its record (its time is the bucket's
+    /// creation time, and `nix-cache-info`'s), if the bucket exists.
+    pub async fn bucket_record(&self) -> Result<Option<Arc<(BucketRecord, ObjectMeta)>>, CommitError> {
+        let key = self.keys.bucket();
+        let loaded = self
+            .meta
+            .get_or_load(&key, async {
+                match backend::get_bytes_with_meta(self.backend.as_ref(), &key).await {
+                    Ok((bytes, meta)) => {
+                        Ok(Some(Cached::Bucket(Arc::new((BucketRecord::decode(&bytes)?, meta)))))
+                    }
+                    Err(BackendError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(CommitError::from(e)),
+                }
+            })
+            .await?;
+        Ok(match loaded {
+            Some(Cached::Bucket(pair)) => Some(pair),
+            _ => None,
+        })
+    }
+
+    /// Creates the bucket with `settings` unless it exists; returns its settings, and whether
+    /// this call created it.
+    pub async fn create(&self, settings: BucketRecord) -> Result<(BucketRecord, bool), CommitError> {
+        if let Some(existing) = self.settings().await? {
+            return Ok((existing, false));
+        }
+        self.set_settings(&settings).await?;
+        Ok((settings, true))
+    }
+
+    /// Writes the bucket's settings.
+    pub async fn set_settings(&self, settings: &BucketRecord) -> Result<(), CommitError> {
+        self.backend.put(&self.keys.bucket(), Bytes::from(settings.encode())).await?;
+        self.meta.invalidate(&self.keys.bucket()).await;
+        Ok(())
+    }
+
+    /// Whether the bucket holds nothing a client put there: no store path, NAR, plain object,
+    /// pending narinfo or staged upload (`nix-cache-info` does not count). One LIST of each.
+    pub async fn is_empty(&self) -> Result<bool, CommitError> {
+        for prefix in [
+            format!("{}pathinfo/", self.keys.root()),
+            format!("{}nars/", self.keys.root()),
+            self.keys.raw(""),
+            format!("{}pending/", self.keys.root()),
+            format!("uploads/{}/", self.bucket),
+        ] {
+            let page = self.backend.list(&ListRequest { prefix, max_keys: 1, ..Default::default() }).await?;
+            if !page.objects.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes the bucket: every record under it (listing entries and the like), the bucket
+    /// record last, so that a crash half-way leaves a bucket that can be deleted again.
+    pub async fn delete_bucket(&self) -> Result<(), CommitError> {
+        let bucket_key = self.keys.bucket();
+        for object in backend::list_all(self.backend.as_ref(), self.keys.root()).await? {
+            if object.key != bucket_key {
+                self.backend.delete(&object.key).await?;
+            }
+        }
+        self.backend.delete(&bucket_key).await?;
+        self.meta.invalidate(&bucket_key).await;
+        Ok(())
+    }
+
+    /// One page of the bucket's listing: plain objects, virtual keys and `nix-cache-info`.
+    pub async fn list(&self, query: &ListQuery) -> Result<Listing, CommitError> {
+        let mut synthesized = vec![];
+        if let Some(pair) = self.bucket_record().await? {
+            synthesized.push(Self::nix_cache_info_meta(&pair));
+        }
+        Ok(listing::list(&self.backend, &self.keys, query, &synthesized).await?)
+    }
+
+    /// The text of the bucket's `nix-cache-info` and its metadata (the bucket record's time).
+    pub fn nix_cache_info_meta(pair: &(BucketRecord, ObjectMeta)) -> ObjectMeta {
+        let text = pair.0.nix_cache_info();
+        ObjectMeta {
+            key: NIX_CACHE_INFO.to_owned(),
+            size: text.len() as u64,
+            etag: md5_hex(text.as_bytes()),
+            last_modified: pair.1.last_modified,
         }
     }
 
-    /// Creates the bucket with `settings` unless it exists; returns its settings.
-    pub async fn create(&self, settings: BucketRecord) -> Result<BucketRecord, CommitError> {
-        if let Some(existing) = self.settings().await? {
-            return Ok(existing);
-        }
-        self.backend.put(&self.keys.bucket(), Bytes::from(settings.encode())).await?;
-        Ok(settings)
+    /// The size, ETag and time under which the virtual key `key` (`<hash>.narinfo`,
+    /// `nar/<narhash>.nar`, …) is visible in this bucket, if it is: its listing-index entry.
+    pub async fn visible(&self, key: &str) -> Result<Option<Arc<ObjectMeta>>, CommitError> {
+        let cache_key = self.keys.index_entry_prefix(key);
+        let loaded = self
+            .meta
+            .get_or_load(&cache_key, async {
+                let found = listing::visible(&self.backend, &self.keys, key).await?;
+                Ok::<_, CommitError>(found.map(|m| Cached::Visible(Arc::new(m))))
+            })
+            .await?;
+        Ok(match loaded {
+            Some(Cached::Visible(meta)) => Some(meta),
+            _ => None,
+        })
+    }
+
+    /// Makes `key` visible with `size` and `etag` instead of the entry `stale` (a narinfo whose
+    /// text changed with the bucket's signing key); returns the new entry.
+    pub async fn replace_visible(
+        &self,
+        stale: &ObjectMeta,
+        size: u64,
+        etag: &str,
+    ) -> Result<ObjectMeta, CommitError> {
+        let written = self.put_index_entry(&stale.key, size, etag).await?;
+        self.backend.delete(&self.keys.index_entry(&stale.key, stale.size, &stale.etag)).await?;
+        Ok(ObjectMeta { key: stale.key.clone(), size, etag: etag.to_owned(), last_modified: written.last_modified })
     }
 
     /// A NAR has been ingested into the store for this cache: records that the cache holds it,
@@ -221,6 +369,7 @@ impl Cache {
             uploaded: now_secs(),
         };
         self.backend.put(&self.keys.path_info(&store_hash), Bytes::from(path_info.encode())).await?;
+        self.meta.invalidate(&self.keys.path_info(&store_hash)).await;
         self.backend.put(&self.keys.cache_nar_user(&nar_hash, &store_hash), Bytes::new()).await?;
         let text = self.served_narinfo(&path_info).await?.render();
         self.put_index_entry(&format!("{store_hash}.narinfo"), text.len() as u64, &md5_hex(text.as_bytes()))
@@ -234,19 +383,39 @@ impl Cache {
     }
 
     /// The path info of the store path with hash part `store_hash`, if this cache has it.
-    pub async fn path_info(&self, store_hash: &str) -> Result<Option<PathInfo>, CommitError> {
-        match self.get(&self.keys.path_info(store_hash)).await? {
-            Some(bytes) => Ok(Some(PathInfo::decode(&bytes)?)),
-            None => Ok(None),
-        }
+    pub async fn path_info(&self, store_hash: &str) -> Result<Option<Arc<PathInfo>>, CommitError> {
+        let key = self.keys.path_info(store_hash);
+        let loaded = self
+            .meta
+            .get_or_load(&key, async {
+                match self.get(&key).await? {
+                    Some(bytes) => Ok(Some(Cached::PathInfo(Arc::new(PathInfo::decode(&bytes)?)))),
+                    None => Ok::<_, CommitError>(None),
+                }
+            })
+            .await?;
+        Ok(match loaded {
+            Some(Cached::PathInfo(info)) => Some(info),
+            _ => None,
+        })
     }
 
     /// Whether this cache holds the NAR `nar_hash`, and what it knows of it.
     pub async fn cache_nar(&self, nar_hash: &[u8; 32]) -> Result<Option<CacheNar>, CommitError> {
-        match self.get(&self.keys.cache_nar(&nixbase32::encode(nar_hash))).await? {
-            Some(bytes) => Ok(Some(CacheNar::decode(&bytes)?)),
-            None => Ok(None),
-        }
+        let key = self.keys.cache_nar(&nixbase32::encode(nar_hash));
+        let loaded = self
+            .meta
+            .get_or_load(&key, async {
+                match self.get(&key).await? {
+                    Some(bytes) => Ok(Some(Cached::CacheNar(CacheNar::decode(&bytes)?))),
+                    None => Ok::<_, CommitError>(None),
+                }
+            })
+            .await?;
+        Ok(match loaded {
+            Some(Cached::CacheNar(nar)) => Some(nar),
+            _ => None,
+        })
     }
 
     /// The narinfo this cache serves for a path: the NAR uncompressed at `nar/<narhash>.nar`, the
@@ -269,9 +438,61 @@ impl Cache {
         Ok(info)
     }
 
-    async fn put_index_entry(&self, key: &str, size: u64, etag: &str) -> Result<(), BackendError> {
-        self.backend.put(&self.keys.index_entry(key, size, etag), Bytes::new()).await?;
-        Ok(())
+    /// Brings the listing entries of every narinfo up to date with the text served now (after
+    /// the signing key changed); returns how many changed. One read per store path.
+    pub async fn refresh_narinfo_entries(&self) -> Result<usize, CommitError> {
+        let prefix = format!("{}pathinfo/", self.keys.root());
+        let mut changed = 0;
+        for object in backend::list_all(self.backend.as_ref(), &prefix).await? {
+            let Some(bytes) = self.get(&object.key).await? else { continue };
+            let path = PathInfo::decode(&bytes)?;
+            let key = format!("{}.narinfo", StorePath::parse(&path.store_path)?.hash_part());
+            let text = self.served_narinfo(&path).await?.render();
+            let (size, etag) = (text.len() as u64, md5_hex(text.as_bytes()));
+            match self.visible(&key).await? {
+                Some(entry) if (entry.size, entry.etag.as_str()) == (size, etag.as_str()) => {}
+                Some(entry) => {
+                    self.replace_visible(&entry, size, &etag).await?;
+                    changed += 1;
+                }
+                None => {}
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Reads the plain object `key` (or `range` of it), with its attributes.
+    pub async fn get_plain(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<GetResult, BackendError> {
+        self.backend.get(&self.plain_key(key)?, range).await
+    }
+
+    /// The metadata and attributes of the plain object `key`.
+    pub async fn stat_plain(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
+        self.backend.stat(&self.plain_key(key)?).await
+    }
+
+    /// Writes the plain object `key` from a stream (atomically; nothing held whole in memory).
+    pub async fn put_plain(&self, key: &str, body: ByteStream, options: PutOptions) -> Result<ObjectMeta, BackendError> {
+        self.backend.put_stream(&self.plain_key(key)?, body, options).await
+    }
+
+    /// Deletes the plain object `key` (a missing key is not an error).
+    pub async fn delete_plain(&self, key: &str) -> Result<(), BackendError> {
+        self.backend.delete(&self.plain_key(key)?).await
+    }
+
+    /// The backend key of the plain object `key`: [`BackendError::InvalidKey`] if it would not
+    /// fit under the cache's prefix.
+    fn plain_key(&self, key: &str) -> Result<String, BackendError> {
+        let raw = self.keys.raw(key);
+        backend::validate_key(&raw)?;
+        Ok(raw)
+    }
+
+    async fn put_index_entry(&self, key: &str, size: u64, etag: &str) -> Result<ObjectMeta, BackendError> {
+        let written = self.backend.put(&self.keys.index_entry(key, size, etag), Bytes::new()).await?;
+        self.meta.invalidate(&self.keys.index_entry_prefix(key)).await;
+        Ok(written)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {

@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::castore::record::{self, RecordError, RecordKind};
 
-/// The version of every record in this module.
+/// The version of every record in this module but the bucket record.
 pub const CACHE_RECORDS_VERSION: u8 = 1;
+
+/// The version of the bucket record (version 1 had no `want_mass_query`; it is still read).
+pub const BUCKET_RECORD_VERSION: u8 = 2;
 
 /// A bucket's settings (`caches/<bucket>/bucket`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +22,88 @@ pub struct BucketRecord {
     pub signing_key: Option<String>,
     /// The `Priority` of `nix-cache-info`.
     pub priority: u32,
+    /// The `WantMassQuery` of `nix-cache-info`.
+    pub want_mass_query: bool,
+}
+
+/// Settings to change in a bucket record (from the configuration or the command line); `None`
+/// leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSettings {
+    /// Whether anonymous clients may read.
+    pub anonymous_read: Option<bool>,
+    /// The `Priority` of `nix-cache-info` (Nix prefers lower).
+    pub priority: Option<u32>,
+    /// The `WantMassQuery` of `nix-cache-info`.
+    pub want_mass_query: Option<bool>,
+}
+
+/// The bucket record as version 1 wrote it.
+#[derive(Deserialize)]
+struct BucketRecordV1 {
+    created: u64,
+    anonymous_read: bool,
+    signing_key: Option<String>,
+    priority: u32,
+}
+
+impl BucketRecord {
+    /// The settings of a new bucket created now: private, unsigned, priority 40, mass queries.
+    pub fn new_now() -> Self {
+        BucketRecord {
+            created: super::now_secs(),
+            anonymous_read: false,
+            signing_key: None,
+            priority: 40,
+            want_mass_query: true,
+        }
+    }
+
+    /// Changes the settings that `settings` sets; returns whether any changed.
+    pub fn apply(&mut self, settings: &BucketSettings) -> bool {
+        let before = self.clone();
+        if let Some(v) = settings.anonymous_read {
+            self.anonymous_read = v;
+        }
+        if let Some(v) = settings.priority {
+            self.priority = v;
+        }
+        if let Some(v) = settings.want_mass_query {
+            self.want_mass_query = v;
+        }
+        *self != before
+    }
+
+    /// Serializes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        record::encode(RecordKind::Bucket, BUCKET_RECORD_VERSION, self)
+    }
+
+    /// Reads the record, of version 2 or 1 (which wants mass queries).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let kind = RecordKind::Bucket;
+        if bytes.get(kind.magic().len()) == Some(&1) {
+            let v1: BucketRecordV1 = record::decode(kind, 1, bytes)?;
+            return Ok(BucketRecord {
+                created: v1.created,
+                anonymous_read: v1.anonymous_read,
+                signing_key: v1.signing_key,
+                priority: v1.priority,
+                want_mass_query: true,
+            });
+        }
+        record::decode(kind, BUCKET_RECORD_VERSION, bytes)
+    }
+
+    /// The `nix-cache-info` this bucket serves.
+    pub fn nix_cache_info(&self) -> String {
+        format!(
+            "StoreDir: /nix/store\nWantMassQuery: {}\nPriority: {}\n",
+            u8::from(self.want_mass_query),
+            self.priority
+        )
+    }
 }
 
 /// What a cache knows of one store path (`caches/<bucket>/pathinfo/<storehash>`).
@@ -79,7 +164,6 @@ macro_rules! record_codec {
     };
 }
 
-record_codec!(BucketRecord, RecordKind::Bucket);
 record_codec!(PathInfo, RecordKind::PathInfo);
 record_codec!(CacheNar, RecordKind::CacheNar);
 record_codec!(Pending, RecordKind::Pending);
@@ -135,8 +219,19 @@ mod tests {
                 "04040404040404040404040404040404"
             )
         );
-        let bucket = BucketRecord { created: 1, anonymous_read: true, signing_key: None, priority: 40 };
-        assert_eq!(hex::encode(bucket.encode()), "4e47424b0101010028");
+        let bucket = BucketRecord {
+            created: 1,
+            anonymous_read: true,
+            signing_key: None,
+            priority: 40,
+            want_mass_query: false,
+        };
+        assert_eq!(hex::encode(bucket.encode()), "4e47424b020101002800");
+        assert_eq!(BucketRecord::decode(&bucket.encode()).unwrap(), bucket);
+        // Version 1 (no WantMassQuery) is still read, as wanting mass queries.
+        let v1 = BucketRecord::decode(&hex::decode("4e47424b0101010028").unwrap()).unwrap();
+        assert_eq!(v1, BucketRecord { want_mass_query: true, ..bucket.clone() });
+        assert_eq!(v1.nix_cache_info(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
         let pending = Pending { narinfo: "N".into() };
         assert_eq!(hex::encode(pending.encode()), "4e47504401014e");
     }

@@ -10,6 +10,7 @@
 
 pub mod compression;
 pub mod digests;
+pub mod import;
 mod tree;
 
 use std::collections::HashSet;

@@ -52,6 +52,17 @@ pub enum RenderError {
         /// The content-stream offset that had no chunk.
         offset: u64,
     },
+    /// The NAR listing cannot be rendered (a validated record's always can).
+    #[error(transparent)]
+    Listing(#[from] listing::ListingError),
+    /// The NAR record stored for one NarHash carries another.
+    #[error("the NAR record of sha256:{wanted} is that of sha256:{found}")]
+    WrongRecord {
+        /// The NarHash asked for.
+        wanted: String,
+        /// The NarHash the record holds.
+        found: String,
+    },
     /// A fetch task failed, or a load shared with other readers failed (its message).
     #[error("chunk fetch task failed: {0}")]
     Task(String),
@@ -63,6 +74,9 @@ impl RenderError {
     fn to_owned_lossy(&self) -> RenderError {
         match self {
             RenderError::NotFound(hash) => RenderError::NotFound(hash.clone()),
+            RenderError::WrongRecord { wanted, found } => {
+                RenderError::WrongRecord { wanted: wanted.clone(), found: found.clone() }
+            }
             RenderError::Chunk(ChunkError::Integrity { digest, reason }) => {
                 RenderError::Chunk(ChunkError::Integrity { digest: *digest, reason: reason.clone() })
             }
@@ -81,6 +95,24 @@ impl RenderError {
         };
         std::io::Error::new(kind, self)
     }
+}
+
+/// Reads the NAR record of `nar_hash`, which must carry that NarHash.
+async fn load_record(backend: &crate::backend::DynBackend, nar_hash: &[u8; 32]) -> Result<NarRecord, RenderError> {
+    let bytes = match backend::get_bytes(backend.as_ref(), &nar_record_key(nar_hash)).await {
+        Err(BackendError::NotFound { .. }) => {
+            return Err(RenderError::NotFound(crate::nix::nixbase32::encode(nar_hash)));
+        }
+        other => other?,
+    };
+    let record = NarRecord::decode(&bytes)?;
+    if record.nar_hash != *nar_hash {
+        return Err(RenderError::WrongRecord {
+            wanted: crate::nix::nixbase32::encode(nar_hash),
+            found: crate::nix::nixbase32::encode(&record.nar_hash),
+        });
+    }
+    Ok(record)
 }
 
 /// Settings of a [`Renderer`].
@@ -129,14 +161,7 @@ impl Renderer {
         let hash = *nar_hash;
         self.tables
             .try_get_with(hash, async move {
-                let key = nar_record_key(&hash);
-                let bytes = match backend::get_bytes(backend.as_ref(), &key).await {
-                    Err(BackendError::NotFound { .. }) => {
-                        return Err(RenderError::NotFound(crate::nix::nixbase32::encode(&hash)));
-                    }
-                    other => other?,
-                };
-                let record = NarRecord::decode(&bytes)?;
+                let record = load_record(&backend, &hash).await?;
                 Ok(Arc::new(SegmentTable::build(&record)?))
             })
             .await
@@ -146,6 +171,12 @@ impl Renderer {
     /// A seekable reader of the NAR with `nar_hash`.
     pub async fn open(&self, nar_hash: &[u8; 32]) -> Result<NarReader, RenderError> {
         Ok(NarReader::new(self.table(nar_hash).await?, self.chunks.clone(), self.read_ahead))
+    }
+
+    /// The NAR listing (`<storehash>.ls` JSON) of the NAR with `nar_hash`, from its record.
+    pub async fn listing(&self, nar_hash: &[u8; 32]) -> Result<Vec<u8>, RenderError> {
+        let record = load_record(self.chunks.backend(), nar_hash).await?;
+        Ok(listing::nar_listing(&record)?)
     }
 
     /// Bytes `range` of the NAR with `nar_hash`, as a stream (the range is clamped to the NAR).

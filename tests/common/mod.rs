@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod gateway;
 pub mod nix;
 
 use std::sync::Arc;

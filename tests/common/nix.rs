@@ -153,3 +153,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+impl Nix {
+    /// Copies every path of the binary cache at `from` into a new binary cache `<temp>/<name>`
+    /// that writes NAR listings, and returns that cache's directory.
+    pub fn listings(&self, from: &Path, name: &str) -> PathBuf {
+        let to = self.path(name);
+        self.run_ok(
+            &self.nix,
+            [
+                "copy".to_string(),
+                "--from".into(),
+                format!("file://{}", from.display()),
+                "--to".into(),
+                format!("file://{}?write-nar-listing=true&compression=none", to.display()),
+                "--all".into(),
+            ],
+        );
+        to
+    }
+}

@@ -1,0 +1,72 @@
+//! Who may do what: signatures checked against the key pairs kept in the backend, anonymous
+//! reads where a bucket allows them, and HTTP Basic for Nix's binary cache store.
+//!
+//! s3s verifies SigV4 (headers, presigned URLs, streaming payloads) with the secret [`Auth`]
+//! looks up; [`Access`] then admits a request that is signed, or that the HTTP layer in front
+//! marked [`BasicAuthenticated`] (it checked an `Authorization: Basic` header and stripped it),
+//! or an anonymous read (GET, HEAD or listing) of a bucket whose settings allow anonymous reads.
+//! Every write needs a valid signature or Basic credentials.
+
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::path::S3Path;
+use s3s::{S3Result, s3_error};
+
+use super::Gateway;
+use super::error::commit_error;
+
+/// Marks a request whose `Authorization: Basic` header named a valid key pair.
+#[derive(Debug, Clone)]
+pub struct BasicAuthenticated {
+    /// The access key id it named.
+    pub access_key_id: String,
+}
+
+/// The secrets of the client key pairs, for s3s's signature checks.
+pub struct Auth(pub Gateway);
+
+#[async_trait::async_trait]
+impl S3Auth for Auth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.0.secret(access_key).await? {
+            Some(secret) => Ok(SecretKey::from(secret)),
+            None => Err(s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records.")),
+        }
+    }
+}
+
+/// The operations an anonymous client may perform where a bucket allows anonymous reads.
+const ANONYMOUS_READS: &[&str] =
+    &["GetObject", "HeadObject", "ListObjects", "ListObjectsV2", "HeadBucket", "GetBucketLocation"];
+
+/// The access policy of every S3 operation.
+pub struct Access(pub Gateway);
+
+#[async_trait::async_trait]
+impl S3Access for Access {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_some() || cx.extensions_mut().get::<BasicAuthenticated>().is_some() {
+            return Ok(());
+        }
+        let bucket = match cx.s3_path() {
+            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => bucket.to_string(),
+            S3Path::Root => return Err(s3_error!(AccessDenied, "Anonymous users cannot list buckets")),
+        };
+        if ANONYMOUS_READS.contains(&cx.s3_op().name()) {
+            return self.0.check_anonymous_read(&bucket).await;
+        }
+        Err(s3_error!(AccessDenied, "Writes need a signature"))
+    }
+}
+
+impl Gateway {
+    /// Admits an anonymous read of `bucket` if its settings allow it (a missing bucket is
+    /// AccessDenied too, so anonymous clients cannot probe for names).
+    pub(super) async fn check_anonymous_read(&self, bucket: &str) -> S3Result<()> {
+        let settings = self.cache(bucket).settings().await.map_err(|e| commit_error(bucket, e))?;
+        match settings {
+            Some(settings) if settings.anonymous_read => Ok(()),
+            _ => Err(s3_error!(AccessDenied, "Access Denied")),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The S3 front end: every bucket a Nix binary cache, every store path readable as objects.
+//!
+//! A request's path (DESIGN.md, "Serving"): [`http`], a thin hyper layer (TCP_NODELAY, HTTP
+//! Basic, `/health`, request ids), then s3s (SigV4, presigned URLs, streaming payloads) with this
+//! gateway's [`host`] parsing and [`auth`] policy, then the S3 mapping: [`read`] answers GET and
+//! HEAD of objects (a custom route, so that ranges and preconditions come from the raw headers),
+//! [`s3`] every other operation; [`target`] says what a key names, [`conditional`] reads ranges
+//! and preconditions, [`error`] maps the core's errors. The gateway calls the cache, the renderer
+//! and (with uploads) the ingest; it never reaches into the backend's keys.
+
+pub mod auth;
+pub mod conditional;
+pub mod error;
+pub mod host;
+pub mod http;
+pub mod read;
+pub mod s3;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::{HeaderMap, Method, Uri};
+use s3s::route::S3Route;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{Body, S3Request, S3Response, S3Result};
+
+use crate::backend::DynBackend;
+use crate::cache::{BucketSettings, Cache, MetaCache, MetaConfig};
+use crate::castore::ChunkStore;
+use crate::credentials::CredentialStore;
+use crate::render::{RenderConfig, Renderer};
+use host::VirtualHosts;
+use read::Located;
+
+pub use self::http::serve;
+
+/// How a gateway is set up.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOptions {
+    /// Virtual-host domains (`bucket.<domain>`); empty: path-style only.
+    pub domains: Vec<String>,
+    /// The metadata cache (bucket records, NAR entries, path infos, listing entries).
+    pub meta: MetaConfig,
+    /// The renderer (segment-table cache, read-ahead).
+    pub render: RenderConfig,
+    /// Capacity of the cache of verified chunks, in bytes.
+    pub chunk_cache_bytes: u64,
+    /// Settings that buckets created through S3 get, by bucket name.
+    pub buckets: BTreeMap<String, BucketSettings>,
+}
+
+/// The gateway: shared by every connection, cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: DynBackend,
+    meta: MetaCache,
+    renderer: Renderer,
+    hosts: VirtualHosts,
+    credentials: CredentialStore,
+    /// Secrets of key pairs, for the metadata TTL (misses are not kept).
+    secrets: moka::future::Cache<String, String>,
+    configured_buckets: BTreeMap<String, BucketSettings>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("backend", &self.inner.backend).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway over `backend`.
+    pub fn new(backend: DynBackend, options: GatewayOptions) -> Self {
+        let chunks = ChunkStore::new(backend.clone(), options.chunk_cache_bytes);
+        let secrets = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(options.meta.ttl.max(Duration::from_millis(1)))
+            .build();
+        Gateway {
+            inner: Arc::new(Inner {
+                meta: MetaCache::new(options.meta),
+                renderer: Renderer::new(chunks, options.render),
+                hosts: VirtualHosts::new(&options.domains),
+                credentials: CredentialStore::new(backend.clone()),
+                secrets,
+                configured_buckets: options.buckets,
+                backend,
+            }),
+        }
+    }
+
+    /// The cache (bucket) named `bucket`, reading through the metadata cache.
+    pub fn cache(&self, bucket: &str) -> Cache {
+        Cache::with_meta(self.inner.backend.clone(), bucket, self.inner.meta.clone())
+    }
+
+    /// The secret of the key pair `access_key_id`, if there is one.
+    pub async fn secret(&self, access_key_id: &str) -> S3Result<Option<String>> {
+        if let Some(secret) = self.inner.secrets.get(access_key_id).await {
+            return Ok(Some(secret));
+        }
+        let secret = self
+            .credentials
+            .secret(access_key_id)
+            .await
+            .map_err(|e| error::internal(access_key_id, &e))?;
+        if let Some(secret) = &secret {
+            self.inner.secrets.insert(access_key_id.to_owned(), secret.clone()).await;
+        }
+        Ok(secret)
+    }
+
+    /// The s3s service of this gateway: its host parsing, auth, access policy and read route.
+    pub fn s3_service(&self) -> S3Service {
+        let mut builder = S3ServiceBuilder::new(self.clone());
+        builder.set_host(self.inner.hosts.clone());
+        builder.set_auth(auth::Auth(self.clone()));
+        builder.set_access(auth::Access(self.clone()));
+        builder.set_route(ReadRoute(self.clone()));
+        builder.build()
+    }
+
+    /// The bucket and key a request addresses, for object requests (path-style `/bucket/key`,
+    /// or virtual-host `bucket.<domain>/key`).
+    fn locate(&self, uri: &Uri, headers: &HeaderMap) -> Option<Located> {
+        let path = urlencoding::decode(uri.path()).ok()?;
+        let path = path.strip_prefix('/')?;
+        let host = headers.get(::http::header::HOST).and_then(|h| h.to_str().ok());
+        let (bucket, key) = match host.and_then(|h| self.inner.hosts.bucket_of(h)) {
+            Some(bucket) => (bucket, path.to_owned()),
+            None => {
+                let (bucket, key) = path.split_once('/')?;
+                (bucket.to_owned(), key.to_owned())
+            }
+        };
+        (!bucket.is_empty() && !key.is_empty()).then_some(Located { bucket, key })
+    }
+}
+
+/// GET and HEAD of objects, routed around s3s's own GetObject (see [`read`]).
+struct ReadRoute(Gateway);
+
+#[async_trait::async_trait]
+impl S3Route for ReadRoute {
+    fn is_match(&self, method: &Method, uri: &Uri, headers: &HeaderMap, extensions: &mut ::http::Extensions) -> bool {
+        if !matches!(*method, Method::GET | Method::HEAD) || !read::is_object_read(uri) {
+            return false;
+        }
+        match self.0.locate(uri, headers) {
+            Some(located) => {
+                extensions.insert(located);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn check_access(&self, req: &mut S3Request<Body>) -> S3Result<()> {
+        if req.credentials.is_some() || req.extensions.get::<auth::BasicAuthenticated>().is_some() {
+            return Ok(());
+        }
+        let bucket = req.extensions.get::<Located>().map(|l| l.bucket.clone()).unwrap_or_default();
+        self.0.check_anonymous_read(&bucket).await
+    }
+
+    async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {
+        self.0.read_object(req).await
+    }
+}

@@ -1,0 +1,337 @@
+//! The S3 operations, one function each, mapped onto the caches (GET and HEAD of objects are in
+//! [`super::read`]).
+//!
+//! | operation | what it does |
+//! |---|---|
+//! | ListBuckets | every bucket record |
+//! | CreateBucket | a new, empty cache (canned ACL `private` or `public-read`) |
+//! | HeadBucket, GetBucketLocation | the bucket exists |
+//! | DeleteBucket | removes an empty bucket (BucketNotEmpty otherwise) |
+//! | GetBucketAcl, PutBucketAcl | the bucket's anonymous-read setting, as S3 ACLs |
+//! | ListObjects, ListObjectsV2 | the merged listing of plain objects and virtual keys |
+//! | PutObject, DeleteObject, DeleteObjects | plain objects (uploads of NARs and narinfos come with the next issue) |
+
+use base64::Engine;
+use futures::{StreamExt, TryStreamExt};
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+
+use super::Gateway;
+use super::conditional::whole_seconds;
+use super::error::{backend_error, commit_error};
+use super::target::Target;
+use crate::backend::{Attributes, BackendError, PutOptions};
+use crate::cache::{After, BucketRecord, ListQuery, Listing};
+
+/// The owner every bucket and object shows (the gateway has one tenant).
+fn owner() -> Owner {
+    Owner { display_name: Some("nargate".into()), id: Some("nargate".into()) }
+}
+
+/// The URI S3 names anonymous users by in ACLs.
+const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+
+/// Whether a canned ACL makes a bucket anonymously readable; other canned ACLs are refused.
+fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
+    match acl.as_str() {
+        BucketCannedACL::PRIVATE => Ok(false),
+        BucketCannedACL::PUBLIC_READ => Ok(true),
+        other => Err(s3_error!(NotImplemented, "canned ACL {other:?} is not supported: use private or public-read")),
+    }
+}
+
+/// Refuses writes of keys the gateway renders (uploads of NARs and narinfos are the next issue).
+fn plain_only(key: &str) -> S3Result<()> {
+    match Target::of(key) {
+        Target::Plain => Ok(()),
+        _ => Err(s3_error!(NotImplemented, "{key:?} is a key this gateway renders; uploads of NARs and narinfos are not supported yet")),
+    }
+}
+
+/// The percent-encoding of `encoding-type=url` (RFC 3986 unreserved characters and `/` kept).
+fn url_encode(s: &str) -> String {
+    urlencoding::encode(s).replace("%2F", "/")
+}
+
+impl Gateway {
+    /// A bucket's settings, or NoSuchBucket.
+    async fn existing(&self, bucket: &str) -> S3Result<BucketRecord> {
+        self.cache(bucket).settings().await.map_err(|e| commit_error(bucket, e))?.ok_or_else(|| s3_error!(NoSuchBucket))
+    }
+
+    /// One page of a bucket's listing, for either ListObjects version.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        after: Option<After>,
+        max_keys: Option<i32>,
+    ) -> S3Result<Listing> {
+        self.existing(bucket).await?;
+        let max_keys = match max_keys {
+            None => crate::cache::listing::MAX_KEYS,
+            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
+            Some(n) => n as usize,
+        };
+        let query = ListQuery { prefix: prefix.unwrap_or_default(), delimiter, after, max_keys };
+        self.cache(bucket).list(&query).await.map_err(|e| commit_error(bucket, e))
+    }
+}
+
+/// A listing's objects and common prefixes as S3 shows them, keys URL-encoded when asked.
+fn listed(listing: &Listing, encode: bool, fetch_owner: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
+    let name = |s: &str| if encode { url_encode(s) } else { s.to_owned() };
+    let objects = listing
+        .objects
+        .iter()
+        .map(|o| Object {
+            key: Some(name(&o.key)),
+            size: Some(o.size as i64),
+            e_tag: Some(ETag::Strong(o.etag.clone())),
+            last_modified: Some(Timestamp::from(whole_seconds(o.last_modified))),
+            storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            owner: fetch_owner.then(owner),
+            ..Default::default()
+        })
+        .collect();
+    let prefixes = listing.common_prefixes.iter().map(|p| CommonPrefix { prefix: Some(name(p)) }).collect();
+    (objects, prefixes)
+}
+
+/// Whether the client asked for `encoding-type=url`; other encodings are refused.
+fn url_encoding(encoding: &Option<EncodingType>) -> S3Result<bool> {
+    match encoding.as_ref().map(EncodingType::as_str) {
+        None => Ok(false),
+        Some(EncodingType::URL) => Ok(true),
+        Some(other) => Err(s3_error!(InvalidArgument, "Invalid Encoding Method specified in Request: {other}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = crate::cache::list_buckets(&self.inner.backend).await.map_err(|e| commit_error("", e))?;
+        let buckets = buckets
+            .into_iter()
+            .map(|(name, meta)| Bucket {
+                name: Some(name),
+                creation_date: Some(Timestamp::from(meta.last_modified)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(owner()), ..Default::default() }))
+    }
+
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        let input = req.input;
+        let mut settings = BucketRecord::new_now();
+        if let Some(acl) = &input.acl {
+            settings.anonymous_read = canned_anonymous_read(acl)?;
+        }
+        if let Some(configured) = self.inner.configured_buckets.get(&input.bucket) {
+            settings.apply(configured);
+        }
+        let (_, created) = self.cache(&input.bucket).create(settings).await.map_err(|e| commit_error(&input.bucket, e))?;
+        if !created {
+            return Err(s3_error!(BucketAlreadyOwnedByYou));
+        }
+        let location = format!("/{}", input.bucket);
+        Ok(S3Response::new(CreateBucketOutput { location: Some(location) }))
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.existing(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.existing(&req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let bucket = &req.input.bucket;
+        self.existing(bucket).await?;
+        let cache = self.cache(bucket);
+        if !cache.is_empty().await.map_err(|e| commit_error(bucket, e))? {
+            return Err(s3_error!(BucketNotEmpty));
+        }
+        cache.delete_bucket().await.map_err(|e| commit_error(bucket, e))?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let settings = self.existing(&req.input.bucket).await?;
+        let mut grants = vec![Grant {
+            grantee: Some(Grantee {
+                id: Some("nargate".into()),
+                display_name: Some("nargate".into()),
+                type_: Type::from_static(Type::CANONICAL_USER),
+                email_address: None,
+                uri: None,
+            }),
+            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+        }];
+        if settings.anonymous_read {
+            grants.push(Grant {
+                grantee: Some(Grantee {
+                    type_: Type::from_static(Type::GROUP),
+                    uri: Some(ALL_USERS.into()),
+                    id: None,
+                    display_name: None,
+                    email_address: None,
+                }),
+                permission: Some(Permission::from_static(Permission::READ)),
+            });
+        }
+        Ok(S3Response::new(GetBucketAclOutput { grants: Some(grants), owner: Some(owner()) }))
+    }
+
+    async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = req.input;
+        let mut settings = self.existing(&input.bucket).await?;
+        settings.anonymous_read = match (&input.acl, &input.access_control_policy) {
+            (Some(acl), _) => canned_anonymous_read(acl)?,
+            (None, Some(policy)) => policy.grants.iter().flatten().any(|g| {
+                let all_users = g.grantee.as_ref().and_then(|e| e.uri.as_deref()) == Some(ALL_USERS);
+                let read = g.permission.as_ref().is_some_and(|p| p.as_str() == Permission::READ);
+                all_users && read
+            }),
+            (None, None) => return Err(s3_error!(MissingSecurityHeader, "give a canned ACL or an access control policy")),
+        };
+        self.cache(&input.bucket).set_settings(&settings).await.map_err(|e| commit_error(&input.bucket, e))?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let encode = url_encoding(&input.encoding_type)?;
+        let after = input.marker.clone().filter(|m| !m.is_empty()).map(After::Key);
+        let listing =
+            self.list_page(&input.bucket, input.prefix.clone(), input.delimiter.clone(), after, input.max_keys).await?;
+        let (contents, prefixes) = listed(&listing, encode, true);
+        let name = |s: Option<String>| s.map(|s| if encode { url_encode(&s) } else { s });
+        // V1 has no token: a truncated page's NextMarker is its last key or common prefix, which
+        // rclone's `provider = Other` needs on every truncated page.
+        let next_marker = listing.next.as_ref().map(|after| match after {
+            After::Key(key) | After::Prefix(key) => key.clone(),
+        });
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(name(input.prefix).unwrap_or_default()),
+            marker: Some(name(input.marker).unwrap_or_default()),
+            delimiter: name(input.delimiter),
+            max_keys: Some(input.max_keys.unwrap_or(1000)),
+            is_truncated: Some(listing.next.is_some()),
+            next_marker: name(next_marker),
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let encode = url_encoding(&input.encoding_type)?;
+        let after = match &input.continuation_token {
+            Some(token) => Some(
+                After::from_token(token)
+                    .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))?,
+            ),
+            None => input.start_after.clone().filter(|s| !s.is_empty()).map(After::Key),
+        };
+        let listing =
+            self.list_page(&input.bucket, input.prefix.clone(), input.delimiter.clone(), after, input.max_keys).await?;
+        let (contents, prefixes) = listed(&listing, encode, input.fetch_owner == Some(true));
+        let name = |s: Option<String>| s.map(|s| if encode { url_encode(&s) } else { s });
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(name(input.prefix).unwrap_or_default()),
+            delimiter: name(input.delimiter),
+            max_keys: Some(input.max_keys.unwrap_or(1000)),
+            key_count: Some((contents.len() + prefixes.len()) as i32),
+            continuation_token: input.continuation_token,
+            next_continuation_token: listing.next.as_ref().map(After::to_token),
+            is_truncated: Some(listing.next.is_some()),
+            start_after: name(input.start_after),
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        self.existing(&input.bucket).await?;
+        plain_only(&input.key)?;
+        let content_md5 = match &input.content_md5 {
+            None => None,
+            Some(b64) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid base64"))?;
+                Some(<[u8; 16]>::try_from(bytes).map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not 16 bytes"))?)
+            }
+        };
+        let attributes = Attributes {
+            content_type: input.content_type.clone(),
+            content_encoding: input.content_encoding.clone(),
+            cache_control: input.cache_control.clone(),
+            content_disposition: input.content_disposition.clone(),
+            content_language: input.content_language.clone(),
+            metadata: input.metadata.clone().unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+        };
+        let key = input.key.clone();
+        let body = match input.body {
+            Some(body) => body
+                .map_err(move |e| BackendError::Body { key: key.clone(), message: e.to_string() })
+                .boxed(),
+            None => futures::stream::empty().boxed(),
+        };
+        let written = self
+            .cache(&input.bucket)
+            .put_plain(&input.key, body, PutOptions { attributes, content_md5 })
+            .await
+            .map_err(|e| backend_error(&input.key, e))?;
+        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(written.etag)), ..Default::default() }))
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        self.existing(&input.bucket).await?;
+        plain_only(&input.key)?;
+        self.cache(&input.bucket).delete_plain(&input.key).await.map_err(|e| backend_error(&input.key, e))?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        self.existing(&input.bucket).await?;
+        let cache = self.cache(&input.bucket);
+        let quiet = input.delete.quiet == Some(true);
+        let (mut deleted, mut errors) = (vec![], vec![]);
+        for object in input.delete.objects {
+            let outcome = match plain_only(&object.key) {
+                Ok(()) => cache.delete_plain(&object.key).await.map_err(|e| backend_error(&object.key, e)),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) if quiet => {}
+                Ok(()) => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
+                Err(e) => errors.push(Error {
+                    code: Some(e.code().as_str().to_owned()),
+                    message: e.message().map(str::to_owned),
+                    key: Some(object.key),
+                    version_id: None,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))
+    }
+}

@@ -1,0 +1,106 @@
+//! What an S3 key of a bucket names: a virtual key the gateway renders, or a plain object.
+
+use crate::cache::NIX_CACHE_INFO;
+use crate::nix::nixbase32;
+use crate::nix::store_path::{HASH_CHARS, StorePath};
+
+/// The thing a key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `nix-cache-info`, generated from the bucket's settings.
+    CacheInfo,
+    /// `<storehash>.narinfo`.
+    NarInfo {
+        /// The store path's hash part.
+        store_hash: String,
+    },
+    /// `<storehash>.ls`, the NAR's JSON listing.
+    Listing {
+        /// The store path's hash part.
+        store_hash: String,
+    },
+    /// `nar/<narhash>.nar`, the NAR rendered.
+    Nar {
+        /// The NAR's SHA-256.
+        nar_hash: [u8; 32],
+    },
+    /// `store/<storehash>-<name>.nar`, the same NAR under its store path's name.
+    StoreNar {
+        /// The store path.
+        store_path: StorePath,
+    },
+    /// Any other key under `nar/` or `store/`: names nothing that can be read (upload keys of
+    /// compressed NARs are not kept; `store/` is a read-only view).
+    Reserved,
+    /// Anything else (`log/…`, `realisations/…`, …): a plain object, stored verbatim.
+    Plain,
+}
+
+/// Whether `s` is `n` nixbase32 digits.
+fn is_nixbase32(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| nixbase32::ALPHABET.contains(&b))
+}
+
+impl Target {
+    /// What `key` names.
+    pub fn of(key: &str) -> Target {
+        if key == NIX_CACHE_INFO {
+            return Target::CacheInfo;
+        }
+        if let Some(hash) = key.strip_suffix(".narinfo").filter(|h| is_nixbase32(h, HASH_CHARS)) {
+            return Target::NarInfo { store_hash: hash.to_owned() };
+        }
+        if let Some(hash) = key.strip_suffix(".ls").filter(|h| is_nixbase32(h, HASH_CHARS)) {
+            return Target::Listing { store_hash: hash.to_owned() };
+        }
+        if let Some(rest) = key.strip_prefix("nar/") {
+            let nar_hash = rest
+                .strip_suffix(".nar")
+                .filter(|h| is_nixbase32(h, nixbase32::encoded_len(32)))
+                .and_then(|h| nixbase32::decode(h).ok())
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+            return match nar_hash {
+                Some(nar_hash) => Target::Nar { nar_hash },
+                None => Target::Reserved,
+            };
+        }
+        if let Some(rest) = key.strip_prefix("store/") {
+            return match rest.strip_suffix(".nar").map(StorePath::from_base_name) {
+                Some(Ok(store_path)) => Target::StoreNar { store_path },
+                _ => Target::Reserved,
+            };
+        }
+        Target::Plain
+    }
+
+    /// Whether the gateway renders this key (rather than storing it verbatim).
+    pub fn is_virtual(&self) -> bool {
+        !matches!(self, Target::Plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_what_they_should() {
+        let hash = "1vnwanv5bk8pm7cabl2adpqxssm3p0ai";
+        assert_eq!(Target::of("nix-cache-info"), Target::CacheInfo);
+        assert_eq!(Target::of(&format!("{hash}.narinfo")), Target::NarInfo { store_hash: hash.into() });
+        assert_eq!(Target::of(&format!("{hash}.ls")), Target::Listing { store_hash: hash.into() });
+        let nar = "0si672nf2365giszyc447xckd3vhaycpp3wbym88xscw0r0ij5qb";
+        assert!(matches!(Target::of(&format!("nar/{nar}.nar")), Target::Nar { .. }));
+        assert_eq!(Target::of(&format!("nar/{nar}.nar.xz")), Target::Reserved);
+        assert_eq!(Target::of("nar/"), Target::Reserved);
+        assert!(matches!(Target::of(&format!("store/{hash}-hello.nar")), Target::StoreNar { .. }));
+        assert_eq!(Target::of(&format!("store/{hash}-hello")), Target::Reserved);
+        assert_eq!(Target::of("store/x.nar"), Target::Reserved);
+        // Not a store hash (an `e`, `o`, `u` or `t` is not nixbase32), or not at the top: plain.
+        assert_eq!(Target::of("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo"), Target::Plain);
+        assert_eq!(Target::of(&format!("log/{hash}.narinfo")), Target::Plain);
+        assert_eq!(Target::of("log/abc-hello.drv"), Target::Plain);
+        assert_eq!(Target::of("realisations/sha256:x!out.doi"), Target::Plain);
+        assert_eq!(Target::of("nix-cache-info.bak"), Target::Plain);
+    }
+}

@@ -1,0 +1,143 @@
+//! `nargate serve` as a newcomer runs it, reached by the real `curl` and aws cli (Debian's
+//! `awscli`, v2, called by its full path `/usr/bin/aws`: a Python `aws` v1 may come first on
+//! `PATH`). `.ci/install-tools.sh` installs both; without them these tests fail, never skip.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::gateway::{fixture_nars, fixtures};
+
+/// The aws cli v2 of Debian's `awscli`.
+const AWS: &str = "/usr/bin/aws";
+
+fn nargate(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_nargate")).args(args).output().expect("run nargate");
+    assert!(out.status.success(), "nargate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A `nargate serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    endpoint: String,
+    access_key_id: String,
+    secret: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `nargate serve --data <data> --listen 127.0.0.1:0` and reads what it prints: the
+/// endpoint and the key pair it generated.
+fn serve(data: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nargate"))
+        .args(["serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env_remove("NARGATE_ACCESS_KEY_ID")
+        .env_remove("NARGATE_SECRET_ACCESS_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nargate serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut endpoint, mut id, mut secret) = (None, None, None);
+    while endpoint.is_none() || id.is_none() || secret.is_none() {
+        let line = lines.next().expect("nargate serve printed its key pair").unwrap();
+        if let Some(rest) = line.strip_prefix("nargate serving at ") {
+            endpoint = rest.split(' ').next().map(str::to_owned);
+        } else if let Some(rest) = line.trim().strip_prefix("access key id:") {
+            id = Some(rest.trim().to_owned());
+        } else if let Some(rest) = line.trim().strip_prefix("secret access key:") {
+            secret = Some(rest.trim().to_owned());
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, endpoint: endpoint.unwrap(), access_key_id: id.unwrap(), secret: secret.unwrap() }
+}
+
+impl Server {
+    fn aws(&self, args: &[&str]) -> std::process::Output {
+        assert!(Path::new(AWS).is_file(), "{AWS} is missing: install Debian's awscli with .ci/install-tools.sh");
+        let out = Command::new(AWS)
+            .args(["--endpoint-url", &self.endpoint, "--region", "us-east-1"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &self.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("run the aws cli");
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+}
+
+fn curl(url: &str) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl is missing: install it with .ci/install-tools.sh");
+    let text = out.stdout;
+    let split = text.iter().rposition(|&b| b == b'\n').unwrap();
+    let status = String::from_utf8_lossy(&text[split + 1..]).trim().parse().unwrap();
+    (status, text[..split].to_vec())
+}
+
+#[test]
+fn serve_on_the_embedded_store_reached_by_curl_and_the_aws_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    nargate(&["import", "--data", data_arg, "--bucket", "c", fixtures().join("cache-xz").to_str().unwrap()]);
+    nargate(&["bucket", "set", "--data", data_arg, "c", "--anonymous-read"]);
+    let server = serve(data.path());
+
+    // Anonymous reads of a public bucket, with curl.
+    let (status, body) = curl(&format!("{}/c/nix-cache-info", server.endpoint));
+    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"));
+    let (status, _) = curl(&format!("{}/health", server.endpoint));
+    assert_eq!(status, 200);
+
+    // The aws cli lists the bucket and copies NARs out, equal to the fixtures.
+    let listing = String::from_utf8(server.aws(&["s3", "ls", "s3://c/"]).stdout).unwrap();
+    for name in ["nix-cache-info", "PRE nar/", "PRE store/"] {
+        assert!(listing.contains(name), "{listing}");
+    }
+    let recursive = String::from_utf8(server.aws(&["s3", "ls", "--recursive", "s3://c/nar/"]).stdout).unwrap();
+    assert_eq!(recursive.lines().count(), fixture_nars().len(), "{recursive}");
+    for (store_path, nar_hash, nar) in fixture_nars() {
+        let out = server.aws(&["s3", "cp", &format!("s3://c/nar/{nar_hash}.nar"), "-"]);
+        assert!(out.stdout == nar, "aws s3 cp of {store_path}");
+        let base = store_path.strip_prefix("/nix/store/").unwrap();
+        let out = server.aws(&["s3", "cp", &format!("s3://c/store/{base}.nar"), "-"]);
+        assert!(out.stdout == nar, "aws s3 cp of store/{base}.nar");
+    }
+    let buckets = String::from_utf8(server.aws(&["s3", "ls"]).stdout).unwrap();
+    assert!(buckets.contains(" c\n") || buckets.trim_end().ends_with(" c"), "{buckets}");
+
+    // A second start over the same store generates no new key pair.
+    drop(server);
+    let mut again = Command::new(env!("CARGO_BIN_EXE_nargate"))
+        .args(["serve", "--data", data_arg, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(again.stdout.take().unwrap()).lines();
+    let mut printed = vec![];
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.starts_with("nix:");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(!printed.iter().any(|l| l.contains("secret access key:")), "{printed:?}");
+}
