@@ -9,10 +9,14 @@
 //! - [`castore`]: the content-addressed store: digests, directories, chunks, NAR records.
 //! - [`ingest`]: a NAR upload becomes chunks and a NAR record.
 //! - [`render`]: segment tables and the seekable NAR renderer.
+//! - [`config`]: the TOML configuration of `nargate serve` and its `NARGATE_*` overrides.
+//! - [`credentials`]: the client key pairs every gateway over one backend accepts.
 
 pub mod backend;
 pub mod cache;
 pub mod castore;
+pub mod config;
+pub mod credentials;
 pub mod ingest;
 pub mod nix;
 pub mod render;

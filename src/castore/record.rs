@@ -24,6 +24,8 @@ pub enum RecordKind {
     Lock,
     /// A cache's membership of a NAR (`caches/<bucket>/nars/<narhash>`).
     CacheNar,
+    /// A client key pair (`credentials/<access key id>`).
+    Credentials,
 }
 
 impl RecordKind {
@@ -38,6 +40,7 @@ impl RecordKind {
             RecordKind::Lease => b"NGLS",
             RecordKind::Lock => b"NGLK",
             RecordKind::CacheNar => b"NGCN",
+            RecordKind::Credentials => b"NGCR",
         }
     }
 }
