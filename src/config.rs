@@ -211,16 +211,7 @@ pub struct CacheConfig {
 }
 
 /// Settings of one bucket (`[buckets.<name>]`); `None` leaves the stored setting as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BucketSettings {
-    /// Whether anonymous clients may read.
-    pub anonymous_read: Option<bool>,
-    /// The `Priority` of its `nix-cache-info`.
-    pub priority: Option<u32>,
-    /// The `WantMassQuery` of its `nix-cache-info`.
-    pub want_mass_query: Option<bool>,
-}
+pub use crate::cache::BucketSettings;
 
 /// A secret from the configuration: `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq, Deserialize)]

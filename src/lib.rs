@@ -11,12 +11,14 @@
 //! - [`render`]: segment tables and the seekable NAR renderer.
 //! - [`config`]: the TOML configuration of `nargate serve` and its `NARGATE_*` overrides.
 //! - [`credentials`]: the client key pairs every gateway over one backend accepts.
+//! - [`gateway`]: the S3 front end (`nargate serve`).
 
 pub mod backend;
 pub mod cache;
 pub mod castore;
 pub mod config;
 pub mod credentials;
+pub mod gateway;
 pub mod ingest;
 pub mod nix;
 pub mod render;

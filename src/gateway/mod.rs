@@ -106,6 +106,7 @@ impl Gateway {
             return Ok(Some(secret));
         }
         let secret = self
+            .inner
             .credentials
             .secret(access_key_id)
             .await

@@ -99,7 +99,12 @@ impl Gateway {
             None => false,
             Some((_, n)) if n == "1" => true,
             Some(_) => {
-                return Err(s3_error!(InvalidPartNumber, "The requested partnumber is not satisfiable"));
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::Custom("InvalidPartNumber".into()),
+                    "The requested partnumber is not satisfiable",
+                );
+                e.set_status_code(StatusCode::RANGE_NOT_SATISFIABLE);
+                return Err(e);
             }
         };
         let overrides = ResponseOverrides::from_uri(&req.uri);
@@ -200,8 +205,8 @@ impl Gateway {
                 })
             }
             Target::StoreNar { store_path } => {
-                let (visible, path) =
-                    tokio::join!(cache.visible(key), cache.path_info(&store_path.hash_part()));
+                let store_hash = store_path.hash_part();
+                let (visible, path) = tokio::join!(cache.visible(key), cache.path_info(&store_hash));
                 let (Some(visible), Some(path)) = (visible.map_err(failed)?, path.map_err(failed)?) else {
                     return Err(not_found());
                 };

@@ -162,7 +162,7 @@ impl Renderer {
         self.tables
             .try_get_with(hash, async move {
                 let record = load_record(&backend, &hash).await?;
-                Ok(Arc::new(SegmentTable::build(&record)?))
+                Ok::<_, RenderError>(Arc::new(SegmentTable::build(&record)?))
             })
             .await
             .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy()))
