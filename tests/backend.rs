@@ -4,13 +4,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
-use nargate::backend::{BackendError, DynBackend, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, get_bytes};
+use nargate::backend::{
+    Attributes, BackendError, ByteStream, DynBackend, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta,
+    PutOptions, get_bytes,
+};
 
 type TestResult = Result<(), BackendError>;
 
@@ -58,6 +61,11 @@ suite!(
     list_metadata_matches_head,
     empty_bucket,
     large_object_streams,
+    attributes_round_trip,
+    put_stream_small,
+    put_stream_large,
+    put_stream_digest_mismatch,
+    put_stream_body_error,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +167,61 @@ fn is_not_found<T: std::fmt::Debug>(result: Result<T, BackendError>) -> bool {
 
 fn is_invalid_key<T: std::fmt::Debug>(result: Result<T, BackendError>) -> bool {
     matches!(result, Err(BackendError::InvalidKey { .. }))
+}
+
+/// The MD5 of `data`, as a client sends it in Content-MD5.
+fn md5_of(data: &[u8]) -> [u8; 16] {
+    Md5::digest(data).into()
+}
+
+/// `body` as a stream of pieces of `piece` bytes (the last one shorter).
+fn stream_of(body: &Bytes, piece: usize) -> ByteStream {
+    let pieces: Vec<Result<Bytes, BackendError>> =
+        (0..body.len()).step_by(piece).map(|at| Ok(body.slice(at..body.len().min(at + piece)))).collect();
+    futures::stream::iter(pieces).boxed()
+}
+
+/// The first `good` bytes of `body` in pieces of `piece` bytes, then a failure, as when the
+/// client goes away.
+fn failing_stream(body: &Bytes, piece: usize, good: usize) -> ByteStream {
+    let failure = BackendError::Body { key: "k".into(), message: "the client went away".into() };
+    stream_of(&body.slice(..good), piece).chain(futures::stream::iter([Err(failure)])).boxed()
+}
+
+/// Attributes with every field set and several user metadata entries.
+fn full_attributes() -> Attributes {
+    Attributes {
+        content_type: Some("text/x-nix-narinfo; charset=utf-8".into()),
+        content_encoding: Some("zstd".into()),
+        cache_control: Some("public, max-age=3600".into()),
+        content_disposition: Some("attachment; filename=\"build.log\"".into()),
+        content_language: Some("en-GB".into()),
+        metadata: [("origin", "nix copy"), ("build-id", "42"), ("x_y.z", "A value, with: punctuation")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    }
+}
+
+/// Whether `etag` is a multipart upload's (`<hex MD5 of the parts' MD5s>-<parts>`) of `parts`.
+fn is_multipart_etag(etag: &str, parts: usize) -> bool {
+    etag.split_once('-').is_some_and(|(md5, n)| md5.len() == 32 && n == parts.to_string())
+}
+
+/// Checks that `key` holds `body`, that GET, HEAD, stat and LIST agree on its metadata, and
+/// returns its ETag.
+async fn check_object(backend: &DynBackend, key: &str, body: &Bytes) -> Result<String, BackendError> {
+    let head = backend.head(key).await?;
+    let (stat, _) = backend.stat(key).await?;
+    let listed = backend.list(&ListRequest { prefix: key.into(), ..Default::default() }).await?;
+    let listed = listed.objects.into_iter().find(|o| o.key == key).expect("listed");
+    let got = backend.get(key, None).await?;
+    assert_eq!(head.size, body.len() as u64);
+    for meta in [&stat, &listed, &got.meta] {
+        assert_eq!((meta.size, &meta.etag), (head.size, &head.etag), "{key}");
+    }
+    assert!(got.bytes().await? == body, "{key}: the body reads back intact");
+    Ok(head.etag)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,9 +682,56 @@ mod fs_only {
         backend.put("nar/Ab.nar", Bytes::from_static(b"data")).await?;
         let file = backend.root().join("nar.d/%41b%2Enar.o");
         let bytes = std::fs::read(&file).expect("object file");
-        assert_eq!(&bytes[..8], b"NGFO\x01\0\0\0");
+        assert_eq!(&bytes[..8], b"NGFO\x02\0\0\0");
         assert_eq!(hex::encode(&bytes[8..24]), md5_hex(b"data"));
-        assert_eq!(&bytes[24..], b"data");
+        assert_eq!(&bytes[24..28], [0; 4], "no attribute block");
+        assert_eq!(&bytes[28..], b"data");
+
+        // A streamed put: the MD5 is filled in, the attribute block sits before the data.
+        let body = data(3 << 20, 1);
+        let options = PutOptions { attributes: full_attributes(), content_md5: None };
+        backend.put_stream("streamed", stream_of(&body, 100_000), options).await?;
+        let bytes = std::fs::read(backend.root().join("streamed.o")).expect("object file");
+        assert_eq!(&bytes[..8], b"NGFO\x02\0\0\0");
+        assert_eq!(hex::encode(&bytes[8..24]), md5_hex(&body));
+        let block = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes")) as usize;
+        assert!(bytes[28..28 + block].windows(4).any(|w| w == b"zstd"));
+        assert!(bytes[28 + block..] == body[..]);
+        assert_eq!(backend.head("streamed").await?.size, body.len() as u64);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn streamed_puts_leave_no_temporary_files() -> TestResult {
+        let (_dir, backend) = backend();
+        let tmp = backend.root().join(".tmp");
+        let body = data(20 << 20, 2);
+        let put = backend.put_stream("ok", stream_of(&body, 1 << 20), PutOptions::default()).await?;
+        assert_eq!(put.etag, md5_hex(&body), "the fs backend's ETag is the MD5, whatever the size");
+        let wrong = PutOptions { content_md5: Some([0; 16]), ..Default::default() };
+        assert!(backend.put_stream("bad", stream_of(&body, 1 << 20), wrong).await.is_err());
+        assert!(
+            backend
+                .put_stream("bad", failing_stream(&body, 1 << 20, 5 << 20), Default::default())
+                .await
+                .is_err()
+        );
+        assert_eq!(names(&tmp), Vec::<String>::new());
+
+        // A put dropped half-way (its client went away) removes its file too.
+        let stalled = stream_of(&body.slice(..1 << 20), 4096).chain(futures::stream::pending()).boxed();
+        let writer = backend.clone();
+        let task =
+            tokio::spawn(async move { writer.put_stream("dropped", stalled, Default::default()).await });
+        let start = std::time::Instant::now();
+        while names(&tmp).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the put never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(names(&tmp), Vec::<String>::new());
+        assert!(is_not_found(backend.head("dropped").await));
         Ok(())
     }
 
@@ -749,6 +859,131 @@ mod s3_only {
     use nargate::backend::s3::{S3Backend, S3Config};
     use std::sync::Arc;
 
+    /// A plain S3 client for `config`'s bucket, to see what the backend leaves there.
+    fn raw_client(config: &S3Config) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let credentials = Credentials::new(
+            config.access_key_id.clone().expect("key id"),
+            config.secret_access_key.clone().expect("secret"),
+            None,
+            None,
+            "test",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .endpoint_url(config.endpoint.clone().expect("endpoint"))
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// The keys of the multipart uploads in progress in `bucket`.
+    async fn uploads(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+        let out = client.list_multipart_uploads().bucket(bucket).send().await.expect("ListMultipartUploads");
+        out.uploads().iter().map(|u| u.key().unwrap_or_default().to_owned()).collect()
+    }
+
+    /// A fresh bucket: its name, a backend on it and a plain client.
+    async fn bucket() -> (String, Arc<S3Backend>, aws_sdk_s3::Client) {
+        let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
+        let bucket = garage.create_bucket().await;
+        let backend = S3Backend::new(garage.config(&bucket)).await.expect("backend");
+        (bucket.clone(), Arc::new(backend), raw_client(&garage.config(&bucket)))
+    }
+
+    #[tokio::test]
+    async fn attributes_are_s3_headers_and_user_metadata() -> TestResult {
+        let (bucket, backend, client) = bucket().await;
+        let options = PutOptions { attributes: full_attributes(), content_md5: None };
+        backend.put_stream("k", stream_of(&data(10, 1), 10), options).await?;
+        let head = client.head_object().bucket(&bucket).key("k").send().await.expect("HeadObject");
+        let attributes = full_attributes();
+        assert_eq!(head.content_type(), attributes.content_type.as_deref());
+        assert_eq!(head.content_encoding(), attributes.content_encoding.as_deref());
+        assert_eq!(head.cache_control(), attributes.cache_control.as_deref());
+        assert_eq!(head.content_disposition(), attributes.content_disposition.as_deref());
+        assert_eq!(head.content_language(), attributes.content_language.as_deref());
+        let metadata: BTreeMap<String, String> =
+            head.metadata().cloned().unwrap_or_default().into_iter().collect();
+        assert_eq!(metadata, attributes.metadata);
+
+        // Written by another client, with names in any case: read back lowercase.
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key("other")
+            .content_type("text/plain")
+            .metadata("Build-ID", "7")
+            .body(Bytes::from_static(b"x").into())
+            .send()
+            .await
+            .expect("PutObject");
+        let (_, attributes) = backend.stat("other").await?;
+        assert_eq!(attributes.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(attributes.metadata, BTreeMap::from([("build-id".to_owned(), "7".to_owned())]));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn streamed_puts_past_one_part_are_multipart() -> TestResult {
+        let (_bucket, backend, _client) = bucket().await;
+        for (len, parts) in [(8 << 20, None), ((8 << 20) + 1, Some(2)), (24 << 20, Some(3))] {
+            let body = data(len, 2);
+            let options = PutOptions { content_md5: Some(md5_of(&body)), ..Default::default() };
+            let put = backend.put_stream("k", stream_of(&body, 1 << 20), options).await?;
+            match parts {
+                None => assert_eq!(put.etag, md5_hex(&body), "{len}"),
+                Some(parts) => assert!(is_multipart_etag(&put.etag, parts), "{len}: {}", put.etag),
+            }
+            assert_eq!(check_object(&(backend.clone() as DynBackend), "k", &body).await?, put.etag);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failed_multipart_puts_leave_no_upload() -> TestResult {
+        let (bucket, backend, client) = bucket().await;
+        let body = data(20 << 20, 3);
+        let wrong = PutOptions { content_md5: Some(md5_of(b"other")), ..Default::default() };
+        let result = backend.put_stream("mismatch", stream_of(&body, 1 << 20), wrong).await;
+        assert!(matches!(result, Err(BackendError::DigestMismatch { .. })), "{result:?}");
+        // The body fails after one part was uploaded, and after two.
+        for good in [9 << 20, 17 << 20] {
+            let result =
+                backend.put_stream("broken", failing_stream(&body, 1 << 20, good), Default::default()).await;
+            assert!(matches!(result, Err(BackendError::Body { .. })), "{result:?}");
+        }
+        assert_eq!(uploads(&client, &bucket).await, Vec::<String>::new());
+        assert!(is_not_found(backend.head("mismatch").await));
+        assert!(is_not_found(backend.head("broken").await));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dropped_multipart_put_is_aborted() -> TestResult {
+        let (bucket, backend, client) = bucket().await;
+        // More than a part, then nothing: the client stalls.
+        let stalled = stream_of(&data(10 << 20, 4), 1 << 20).chain(futures::stream::pending()).boxed();
+        let writer = backend.clone();
+        let task =
+            tokio::spawn(async move { writer.put_stream("dropped", stalled, Default::default()).await });
+        let start = std::time::Instant::now();
+        while uploads(&client, &bucket).await.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the multipart upload never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        while !uploads(&client, &bucket).await.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(60), "the dropped upload was not aborted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(is_not_found(backend.head("dropped").await));
+        Ok(())
+    }
+
     #[tokio::test]
     async fn without_connection_reuse() -> TestResult {
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
@@ -852,4 +1087,123 @@ mod s3_only {
             other => panic!("{other:?}"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attributes and streaming puts
+
+async fn attributes_round_trip(backend: DynBackend) -> TestResult {
+    let body = data(1000, 3);
+    let attributes = full_attributes();
+    let options = PutOptions { attributes: attributes.clone(), content_md5: Some(md5_of(&body)) };
+    let put = backend.put_stream("raw/log", stream_of(&body, 300), options).await?;
+    assert_eq!((put.size, put.etag.as_str()), (1000, md5_hex(&body).as_str()));
+
+    let got = backend.get("raw/log", None).await?;
+    assert_eq!(got.attributes, attributes);
+    assert_eq!(got.bytes().await?, body);
+    let ranged = backend.get("raw/log", Some(10..20)).await?;
+    assert_eq!(ranged.attributes, attributes, "a ranged GET has the attributes too");
+    let (meta, stat) = backend.stat("raw/log").await?;
+    assert_eq!(stat, attributes);
+    assert_eq!(meta, backend.head("raw/log").await?);
+    assert_eq!(check_object(&backend, "raw/log", &body).await?, put.etag);
+
+    // An overwrite replaces the attributes: fewer fields, other metadata.
+    let fewer = Attributes {
+        content_type: Some("application/json".into()),
+        metadata: [("only".to_owned(), "one".to_owned())].into(),
+        ..Attributes::default()
+    };
+    let options = PutOptions { attributes: fewer.clone(), content_md5: None };
+    backend.put_stream("raw/log", stream_of(&body, 1000), options).await?;
+    assert_eq!(backend.stat("raw/log").await?.1, fewer);
+    assert_eq!(backend.get("raw/log", None).await?.attributes, fewer);
+
+    // A plain put stores no user metadata nor any of the headers set before (S3 servers may
+    // answer a Content-Type of their own: Garage says application/octet-stream).
+    backend.put("raw/log", body.clone()).await?;
+    let plain = backend.stat("raw/log").await?.1;
+    assert_eq!(Attributes { content_type: None, ..plain.clone() }, Attributes::default(), "{plain:?}");
+    Ok(())
+}
+
+async fn put_stream_small(backend: DynBackend) -> TestResult {
+    for (key, len, piece) in
+        [("s/empty", 0, 1), ("s/one", 1, 1), ("s/pieces", 100_000, 4096), ("s/part", 8 << 20, 1 << 20)]
+    {
+        let body = data(len, 4);
+        let options = PutOptions { content_md5: Some(md5_of(&body)), ..Default::default() };
+        let put = backend.put_stream(key, stream_of(&body, piece), options).await?;
+        assert_eq!((put.key.as_str(), put.size), (key, len as u64));
+        assert_eq!(put.etag, md5_hex(&body), "{key}: a single part's ETag is its MD5");
+        assert!(near_now(put.last_modified, Duration::from_secs(60)));
+        assert_eq!(check_object(&backend, key, &body).await?, put.etag);
+    }
+    // Without a Content-MD5 too.
+    let body = data(5000, 5);
+    backend.put_stream("s/unchecked", stream_of(&body, 999), PutOptions::default()).await?;
+    assert_eq!(check_object(&backend, "s/unchecked", &body).await?, md5_hex(&body));
+    Ok(())
+}
+
+async fn put_stream_large(backend: DynBackend) -> TestResult {
+    // Pieces that do not divide a part, so parts are cut inside them.
+    let body = data(20 << 20, 6);
+    let options = PutOptions { attributes: full_attributes(), content_md5: Some(md5_of(&body)) };
+    let put = backend.put_stream("large", stream_of(&body, 1_000_003), options).await?;
+    assert_eq!(put.size, body.len() as u64);
+    // The fs backend's ETag is the MD5; S3's that of a multipart upload of three 8 MiB parts.
+    assert!(put.etag == md5_hex(&body) || is_multipart_etag(&put.etag, 3), "{}", put.etag);
+    assert_eq!(check_object(&backend, "large", &body).await?, put.etag);
+    assert_eq!(backend.stat("large").await?.1, full_attributes());
+    let range = (8 << 20) - 5..(16 << 20) + 5;
+    let got = backend.get("large", Some(range.clone())).await?;
+    assert!(got.bytes().await? == body.slice(range.start as usize..range.end as usize));
+    // One piece larger than a part.
+    let body = data(17 << 20, 7);
+    let put = backend.put_stream("large", stream_of(&body, body.len()), PutOptions::default()).await?;
+    assert_eq!(check_object(&backend, "large", &body).await?, put.etag);
+    Ok(())
+}
+
+async fn put_stream_digest_mismatch(backend: DynBackend) -> TestResult {
+    for len in [1000, 20 << 20] {
+        let body = data(len, 8);
+        let wrong = PutOptions { content_md5: Some(md5_of(b"something else")), ..Default::default() };
+        match backend.put_stream("new", stream_of(&body, 1 << 20), wrong.clone()).await {
+            Err(BackendError::DigestMismatch { key }) => assert_eq!(key, "new"),
+            other => panic!("{len}: {other:?}"),
+        }
+        assert!(is_not_found(backend.head("new").await), "{len}: nothing is visible");
+
+        let old = data(10, 9);
+        let options = PutOptions { attributes: full_attributes(), content_md5: None };
+        backend.put_stream("existing", stream_of(&old, 10), options).await?;
+        let result = backend.put_stream("existing", stream_of(&body, 1 << 20), wrong).await;
+        assert!(matches!(result, Err(BackendError::DigestMismatch { .. })), "{len}: {result:?}");
+        assert_eq!(check_object(&backend, "existing", &old).await?, md5_hex(&old), "{len}: old content kept");
+        assert_eq!(backend.stat("existing").await?.1, full_attributes(), "{len}: old attributes kept");
+    }
+    assert_eq!(keys_under(&backend, "").await?, ["existing"]);
+    Ok(())
+}
+
+async fn put_stream_body_error(backend: DynBackend) -> TestResult {
+    for (len, good) in [(1000, 500), (20 << 20, 10 << 20), (20 << 20, 0)] {
+        let body = data(len, 10);
+        let result =
+            backend.put_stream("new", failing_stream(&body, 65536, good), PutOptions::default()).await;
+        assert!(matches!(result, Err(BackendError::Body { .. })), "{len}: {result:?}");
+        assert!(is_not_found(backend.head("new").await), "{len}: nothing is visible");
+
+        let old = data(10, 11);
+        backend.put("existing", old.clone()).await?;
+        let options = PutOptions { content_md5: Some(md5_of(&body)), ..Default::default() };
+        let result = backend.put_stream("existing", failing_stream(&body, 65536, good), options).await;
+        assert!(matches!(result, Err(BackendError::Body { .. })), "{len}: {result:?}");
+        assert_eq!(check_object(&backend, "existing", &old).await?, md5_hex(&old), "{len}: old content kept");
+    }
+    assert_eq!(keys_under(&backend, "").await?, ["existing"]);
+    Ok(())
 }

@@ -22,10 +22,13 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, BackendError, GetResult, ListPage, ListRequest, ObjectMeta, Op};
+use super::{
+    Attributes, Backend, BackendError, ByteStream, GetResult, ListPage, ListRequest, ObjectMeta, Op,
+    PutOptions,
+};
 
 /// A backend that records each request made through it (whether it succeeds or not) and passes
-/// it on to the backend it wraps.
+/// it on to the backend it wraps. A stat counts as a HEAD, a streaming put as a PUT.
 #[derive(Debug)]
 pub struct CountingBackend<B> {
     inner: B,
@@ -37,9 +40,9 @@ pub struct CountingBackend<B> {
 pub struct RequestCounts {
     /// GETs, whole or ranged.
     pub get: u64,
-    /// PUTs.
+    /// PUTs, whole or streamed.
     pub put: u64,
-    /// HEADs.
+    /// HEADs and stats.
     pub head: u64,
     /// LIST pages.
     pub list: u64,
@@ -128,6 +131,21 @@ impl<B: Backend> Backend for CountingBackend<B> {
         self.inner.head(key).await
     }
 
+    async fn stat(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
+        self.record(Op::Head, key);
+        self.inner.stat(key).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        self.record(Op::Put, key);
+        self.inner.put_stream(key, body, options).await
+    }
+
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
         self.record(Op::List, &request.prefix);
         self.inner.list(request).await
@@ -144,6 +162,7 @@ mod tests {
     use super::*;
     use crate::backend::fs::FsBackend;
     use crate::backend::{DynBackend, get_bytes};
+    use futures::StreamExt;
     use std::sync::Arc;
 
     #[tokio::test]
@@ -160,12 +179,16 @@ mod tests {
         get_bytes(&*backend, "nars/b").await?;
         assert!(backend.get("chunks/missing", None).await.is_err(), "failed requests count too");
         backend.head("nars/b").await?;
+        backend.stat("nars/b").await?;
+        let body = futures::stream::once(async { Ok(Bytes::from_static(b"3")) }).boxed();
+        backend.put_stream("raw/c", body, PutOptions::default()).await?;
         backend.list(&ListRequest { prefix: "chunks/".into(), ..Default::default() }).await?;
         backend.delete("nars/b").await?;
 
-        let expected = RequestCounts { get: 4, put: 2, head: 1, list: 1, delete: 1 };
+        let expected = RequestCounts { get: 4, put: 3, head: 2, list: 1, delete: 1 };
         assert_eq!(counting.counts(), expected);
-        assert_eq!(counting.counts().total(), 9);
+        assert_eq!(counting.counts().total(), 11);
+        assert_eq!(counting.count_with_prefix(Op::Put, "raw/"), 1);
         assert_eq!(counting.gets_with_prefix("chunks/"), 3);
         assert_eq!(counting.gets_with_prefix("nars/"), 1);
         assert_eq!(counting.count_with_prefix(Op::List, "chunks/"), 1);

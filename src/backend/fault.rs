@@ -1,4 +1,5 @@
-//! A wrapper that injects faults, for tests: failed requests, corrupt or short bodies, latency.
+//! A wrapper that injects faults, for tests: failed requests, corrupt or short bodies, streamed
+//! put bodies that fail half-way, latency.
 //!
 //! The faults can be changed while the backend is in use, from any thread.
 //!
@@ -25,7 +26,10 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt, future};
 
-use super::{Backend, BackendError, GetResult, ListPage, ListRequest, ObjectMeta, Op};
+use super::{
+    Attributes, Backend, BackendError, ByteStream, GetResult, ListPage, ListRequest, ObjectMeta, Op,
+    PutOptions,
+};
 
 /// A backend that passes requests on to the one it wraps, except where a fault says otherwise.
 #[derive(Debug)]
@@ -45,6 +49,8 @@ struct Faults {
     corrupt: Vec<String>,
     /// GETs of keys with these prefixes return only the first half of the body, without error.
     truncate: Vec<String>,
+    /// Streamed put bodies to keys with these prefixes fail after this many bytes.
+    fail_bodies: Vec<(String, u64)>,
     /// Added before every request.
     latency: Duration,
 }
@@ -87,6 +93,14 @@ impl<B: Backend> FaultyBackend<B> {
     /// as if it were whole.
     pub fn truncate_gets(&self, prefix: impl Into<String>) {
         self.lock().truncate.push(prefix.into());
+    }
+
+    /// Makes the bodies of streaming puts to keys starting with `prefix` fail with
+    /// [`BackendError::Injected`] once `after` bytes of them have passed (the chunk that crosses
+    /// the mark is cut there; a shorter body fails at its end), so the put sees its body fail
+    /// half-way.
+    pub fn fail_put_bodies(&self, prefix: impl Into<String>, after: u64) {
+        self.lock().fail_bodies.push((prefix.into(), after));
     }
 
     /// Delays every request by `latency` before passing it on.
@@ -156,6 +170,27 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         self.inner.head(key).await
     }
 
+    async fn stat(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
+        self.enter(Op::Head, key).await?;
+        self.inner.stat(key).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        self.enter(Op::Put, key).await?;
+        let fail_after =
+            self.lock().fail_bodies.iter().find(|(p, _)| key.starts_with(p.as_str())).map(|f| f.1);
+        let body = match fail_after {
+            Some(after) => fail_after_bytes(body, after, key),
+            None => body,
+        };
+        self.inner.put_stream(key, body, options).await
+    }
+
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
         self.enter(Op::List, &request.prefix).await?;
         self.inner.list(request).await
@@ -183,6 +218,12 @@ fn invert_byte(body: Body, at: u64) -> Body {
         chunk.freeze()
     })
     .boxed()
+}
+
+/// `body` cut after `limit` bytes, then failing with [`BackendError::Injected`] on `key`.
+fn fail_after_bytes(body: Body, limit: u64, key: &str) -> Body {
+    let failure = BackendError::Injected { op: Op::Put.as_str(), key: key.to_owned() };
+    take_bytes(body, limit).chain(futures::stream::once(future::ready(Err(failure)))).boxed()
 }
 
 /// The first `limit` bytes of `body`.
@@ -272,6 +313,27 @@ mod tests {
         let result = backend.get("chunks/x", None).await?;
         assert_eq!(result.range, 0..256, "the range still claims the whole object");
         assert_eq!(result.bytes().await?, data.slice(..128));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn fails_streamed_bodies_half_way() -> Result<(), BackendError> {
+        let (_dir, backend) = faulty();
+        let body = || {
+            futures::stream::iter([Ok(Bytes::from_static(b"abc")), Ok(Bytes::from_static(b"def"))]).boxed()
+        };
+        backend.put("raw/x", Bytes::from_static(b"old")).await?;
+        backend.fail_put_bodies("raw/", 4);
+        assert!(is_injected(backend.put_stream("raw/x", body(), PutOptions::default()).await));
+        assert_eq!(get_bytes(&backend, "raw/x").await?, "old", "the old object is kept");
+        backend.put_stream("other", body(), PutOptions::default()).await?;
+        assert_eq!(get_bytes(&backend, "other").await?, "abcdef");
+        backend.clear();
+
+        backend.fail_op_prefix(Op::Put, "raw/");
+        assert!(is_injected(backend.put_stream("raw/y", body(), PutOptions::default()).await));
+        backend.fail_op_prefix(Op::Head, "raw/");
+        assert!(is_injected(backend.stat("raw/x").await));
         Ok(())
     }
 

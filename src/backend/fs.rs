@@ -19,14 +19,33 @@
 //! shorter (possibly empty). Escaped names never hold a `.`, so the suffix is unambiguous, and
 //! names without one of these suffixes (such as the temporary area `.tmp`) are never objects.
 //!
-//! An object file starts with a [`HEADER_LEN`]-byte header — the magic `NGFO`, a version byte,
-//! three zero bytes, and the MD5 of the data (the ETag) — followed by the data verbatim. HEAD and
-//! LIST read only the header; ranged GETs seek past it. LastModified is the file's mtime.
+//! An object file starts with a header, followed by the data verbatim. Version 2, which this
+//! backend writes, is (integers little-endian):
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 4 | the magic `NGFO` |
+//! | 4 | 1 | the version, 2 |
+//! | 5 | 3 | zero |
+//! | 8 | 16 | the MD5 of the data (the ETag) |
+//! | 24 | 4 | `n`, the length of the attribute block (u32, at most [`MAX_ATTRIBUTES_LEN`]) |
+//! | 28 | `n` | the attribute block |
+//! | 28 + `n` | … | the data |
+//!
+//! The attribute block is the object's [`Attributes`] in `postcard` (the encoding of every
+//! record), or empty for none (the default: records and chunks carry none).
+//! Version 1 (files written before attributes existed, still read) is the first [`HEADER_LEN`]
+//! bytes of that with version 1, and the data right after them. HEAD and LIST read only the
+//! first 28 bytes (the size is the file's length less the data's offset), GET and stat the
+//! attribute block too; ranged GETs seek past the header. LastModified is the file's mtime.
 //!
 //! # Atomic writes
 //!
 //! A PUT writes a temporary file in `<root>/.tmp`, fsyncs it, renames it onto the object's path
-//! and fsyncs the directory: a reader sees the old object or the new one, and a crash leaves at
+//! and fsyncs the directory. A streaming PUT writes the header with a zero MD5 first, then the
+//! body as it arrives, and writes the MD5 into the header once the body has ended (and matched
+//! the client's Content-MD5), before the fsync; on any error, or when the put is dropped, the
+//! temporary file is removed. So a reader sees the old object or the new one, and a crash leaves at
 //! most a stray temporary file (removed when a backend is next opened, once it is an hour old).
 //! DELETE removes the file and any directories it leaves empty.
 //!
@@ -58,17 +77,31 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::{
-    Backend, BackendError, GetResult, ListPage, ListRequest, ObjectMeta, resolve_range, validate_key,
+    Attributes, Backend, BackendError, ByteStream, GetResult, ListPage, ListRequest, ObjectMeta, PutOptions,
+    resolve_range, validate_key,
 };
 
-/// The length in bytes of the header before an object's data.
+/// The length in bytes of the fixed header that starts every object file: all of a version-1
+/// header, the part before the attribute block's length in version 2.
 pub const HEADER_LEN: u64 = 24;
+
+/// Where the MD5 sits in a header.
+const MD5_OFFSET: u64 = 8;
+
+/// The length of a version-2 header without its attribute block.
+const V2_PREFIX_LEN: u64 = HEADER_LEN + 4;
+
+/// The longest attribute block a header may hold.
+pub const MAX_ATTRIBUTES_LEN: u32 = 64 * 1024;
 
 /// The magic that starts every object file.
 const MAGIC: &[u8; 4] = b"NGFO";
 
-/// The version of the object file format.
-const VERSION: u8 = 1;
+/// The version of the object file format that this backend writes.
+const VERSION: u8 = 2;
+
+/// The version of object files written before attributes existed (read, not written).
+const VERSION_1: u8 = 1;
 
 /// The number of key bytes in each `.p` piece of a long component (at most 240 bytes escaped).
 pub const PIECE_LEN: usize = 80;
@@ -136,31 +169,33 @@ impl Backend for FsBackend {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        let (file, meta, range, whole) = self
+        let (file, meta, header, attributes, range, whole) = self
             .blocking(key, move |root| {
-                let (file, meta) = open_object(root, &owned)?;
+                let (file, meta, header) = open_object(root, &owned)?;
+                let attributes = read_attributes(&owned, &file, &header)?;
                 let range = resolve_range(&owned, range, meta.size)?;
                 // Chunks and records: read in the same blocking call, into one buffer.
-                if range.end - range.start <= WHOLE_READ_MAX {
-                    let data = read_at(&owned, &file, HEADER_LEN + range.start, range.end - range.start)?;
-                    return Ok((file, meta, range, Some(data)));
-                }
-                Ok((file, meta, range, None))
+                let whole = (range.end - range.start <= WHOLE_READ_MAX)
+                    .then(|| {
+                        read_at(&owned, &file, header.data_offset + range.start, range.end - range.start)
+                    })
+                    .transpose()?;
+                Ok((file, meta, header, attributes, range, whole))
             })
             .await?;
         if let Some(data) = whole {
             let body = futures::stream::once(async move { Ok(data) }).boxed();
-            return Ok(GetResult { meta, range, body });
+            return Ok(GetResult { meta, range, attributes, body });
         }
         let mut file = tokio::fs::File::from_std(file);
-        file.seek(SeekFrom::Start(HEADER_LEN + range.start))
+        file.seek(SeekFrom::Start(header.data_offset + range.start))
             .await
             .map_err(|source| BackendError::Io { key: key.to_owned(), source })?;
         let owned = key.to_owned();
         let body = ReaderStream::with_capacity(file.take(range.end - range.start), READ_BUF)
             .map_err(move |source| BackendError::Io { key: owned.clone(), source })
             .boxed();
-        Ok(GetResult { meta, range, body })
+        Ok(GetResult { meta, range, attributes, body })
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
@@ -172,7 +207,66 @@ impl Backend for FsBackend {
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         validate_key(key)?;
         let owned = key.to_owned();
-        self.blocking(key, move |root| open_object(root, &owned).map(|(_, meta)| meta)).await
+        self.blocking(key, move |root| open_object(root, &owned).map(|(_, meta, _)| meta)).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
+        validate_key(key)?;
+        let owned = key.to_owned();
+        self.blocking(key, move |root| {
+            let (file, meta, header) = open_object(root, &owned)?;
+            Ok((meta, read_attributes(&owned, &file, &header)?))
+        })
+        .await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        use tokio::io::AsyncWriteExt;
+        validate_key(key)?;
+        let io_err = |source| BackendError::Io { key: key.to_owned(), source };
+        // The MD5 is not known yet: a zero one stands in until the body has ended.
+        let header = encode_header(&[0; 16], &encode_attributes(key, &options.attributes)?);
+        let owned = key.to_owned();
+        let (tmp, file) = self
+            .blocking(key, move |root| {
+                let io_err = |source| BackendError::Io { key: owned.clone(), source };
+                let mut tmp = new_tmp(root).map_err(io_err)?;
+                tmp.write_all(&header).map_err(io_err)?;
+                let file = tmp.as_file().try_clone().map_err(io_err)?;
+                // From here on the path alone removes the file when the put fails or is dropped.
+                Ok((tmp.into_temp_path(), file))
+            })
+            .await?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            md5.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io_err)?;
+        }
+        file.flush().await.map_err(io_err)?;
+        let md5: [u8; 16] = md5.finalize().into();
+        options.check_md5(key, &md5)?;
+        let file = file.into_std().await;
+        let owned = key.to_owned();
+        self.blocking(key, move |root| {
+            use std::os::unix::fs::FileExt;
+            let io_err = |source| BackendError::Io { key: owned.clone(), source };
+            file.write_all_at(&md5, MD5_OFFSET).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+            let last_modified = file.metadata().and_then(|m| m.modified()).map_err(io_err)?;
+            drop(file);
+            persist(root, &owned, tmp).map_err(io_err)?;
+            Ok(ObjectMeta { key: owned.clone(), size, etag: hex::encode(md5), last_modified })
+        })
+        .await
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
@@ -289,21 +383,91 @@ fn key_path(key: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Object files
 
-/// The header of an object file holding data with this MD5.
-fn encode_header(md5: &[u8; 16]) -> [u8; HEADER_LEN as usize] {
-    let mut header = [0u8; HEADER_LEN as usize];
-    header[..4].copy_from_slice(MAGIC);
-    header[4] = VERSION;
-    header[8..].copy_from_slice(md5);
+/// The header of a (version 2) object file holding data with this MD5 and this attribute block.
+fn encode_header(md5: &[u8; 16], attributes: &[u8]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(V2_PREFIX_LEN as usize + attributes.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&[VERSION, 0, 0, 0]);
+    header.extend_from_slice(md5);
+    // The block's length is checked when it is encoded: it fits.
+    header.extend_from_slice(&(attributes.len() as u32).to_le_bytes());
+    header.extend_from_slice(attributes);
     header
 }
 
-/// The MD5 an object file's header holds, if it is one this backend wrote.
-fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Option<[u8; 16]> {
-    if &header[..4] != MAGIC || header[4] != VERSION || header[5..8] != [0; 3] {
+/// What an object file's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    /// The MD5 of the data.
+    md5: [u8; 16],
+    /// The length of the attribute block (0 in version 1), which starts at [`V2_PREFIX_LEN`].
+    attributes_len: u32,
+    /// Where the data starts.
+    data_offset: u64,
+}
+
+/// The header that the first bytes of an object file (up to [`V2_PREFIX_LEN`] of them) hold, if
+/// it is one this backend wrote.
+fn decode_header(start: &[u8]) -> Option<Header> {
+    if start.len() < HEADER_LEN as usize || &start[..4] != MAGIC || start[5..8] != [0; 3] {
         return None;
     }
-    header[8..].try_into().ok()
+    let md5 = start[8..24].try_into().ok()?;
+    match start[4] {
+        VERSION_1 => Some(Header { md5, attributes_len: 0, data_offset: HEADER_LEN }),
+        VERSION => {
+            let attributes_len = u32::from_le_bytes(start.get(24..28)?.try_into().ok()?);
+            (attributes_len <= MAX_ATTRIBUTES_LEN).then_some(Header {
+                md5,
+                attributes_len,
+                data_offset: V2_PREFIX_LEN + u64::from(attributes_len),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The attribute block for `attributes`: empty for none, else their `postcard` encoding.
+fn encode_attributes(key: &str, attributes: &Attributes) -> Result<Vec<u8>, BackendError> {
+    if *attributes == Attributes::default() {
+        return Ok(Vec::new());
+    }
+    let invalid = |message: String| BackendError::Io {
+        key: key.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, message),
+    };
+    let block =
+        postcard::to_stdvec(attributes).map_err(|e| invalid(format!("unencodable attributes: {e}")))?;
+    if block.len() > MAX_ATTRIBUTES_LEN as usize {
+        return Err(invalid(format!("attributes of {} bytes, more than {MAX_ATTRIBUTES_LEN}", block.len())));
+    }
+    Ok(block)
+}
+
+/// The attributes an attribute block holds, if it is one [`encode_attributes`] wrote.
+fn decode_attributes(block: &[u8]) -> Option<Attributes> {
+    if block.is_empty() {
+        return Some(Attributes::default());
+    }
+    match postcard::take_from_bytes(block) {
+        Ok((attributes, [])) => Some(attributes),
+        _ => None,
+    }
+}
+
+/// An [`io::ErrorKind::InvalidData`] error for a file that this backend did not write.
+fn not_an_object(key: &str, what: &str) -> BackendError {
+    let message = format!("not an object file written by nargate's fs backend: {what}");
+    BackendError::Io { key: key.to_owned(), source: io::Error::new(io::ErrorKind::InvalidData, message) }
+}
+
+/// Reads the attributes of an open object file with this header.
+fn read_attributes(key: &str, file: &File, header: &Header) -> Result<Attributes, BackendError> {
+    if header.attributes_len == 0 {
+        return Ok(Attributes::default());
+    }
+    let block = read_at(key, file, V2_PREFIX_LEN, u64::from(header.attributes_len))?;
+    decode_attributes(&block).ok_or_else(|| not_an_object(key, "bad attribute block"))
 }
 
 /// The error for a missing object, or an I/O error.
@@ -315,45 +479,53 @@ fn not_found_or_io(key: &str, source: io::Error) -> BackendError {
     }
 }
 
-/// Opens `key`'s object file and reads its metadata; the file is left after the header.
-fn open_object(root: &Path, key: &str) -> Result<(File, ObjectMeta), BackendError> {
+/// Opens `key`'s object file and reads its metadata and header.
+fn open_object(root: &Path, key: &str) -> Result<(File, ObjectMeta, Header), BackendError> {
     let mut file = File::open(root.join(key_path(key))).map_err(|e| not_found_or_io(key, e))?;
-    let meta = read_meta(&mut file, key)?;
-    Ok((file, meta))
+    let (meta, header) = read_meta(&mut file, key)?;
+    Ok((file, meta, header))
 }
 
-/// Reads the metadata of an open object file from its header and the file's size and mtime.
-fn read_meta(file: &mut File, key: &str) -> Result<ObjectMeta, BackendError> {
+/// Reads the metadata of an open object file from its header (the first [`V2_PREFIX_LEN`]
+/// bytes, not the attribute block) and the file's size and mtime.
+fn read_meta(file: &mut File, key: &str) -> Result<(ObjectMeta, Header), BackendError> {
     let io_err = |source| BackendError::Io { key: key.to_owned(), source };
     let stat = file.metadata().map_err(io_err)?;
-    let mut header = [0u8; HEADER_LEN as usize];
-    let md5 = match file.read_exact(&mut header) {
-        Ok(()) => decode_header(&header),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
-        Err(e) => return Err(io_err(e)),
-    };
-    let Some(md5) = md5.filter(|_| stat.is_file()) else {
-        let msg = "not an object file written by nargate's fs backend";
-        return Err(io_err(io::Error::new(io::ErrorKind::InvalidData, msg)));
-    };
-    Ok(ObjectMeta {
+    let mut start = Vec::with_capacity(V2_PREFIX_LEN as usize);
+    // A version-1 file may be shorter than a version-2 prefix: take what there is.
+    file.take(V2_PREFIX_LEN).read_to_end(&mut start).map_err(io_err)?;
+    let header = decode_header(&start).filter(|h| stat.is_file() && stat.len() >= h.data_offset);
+    let header = header.ok_or_else(|| not_an_object(key, "bad header"))?;
+    let meta = ObjectMeta {
         key: key.to_owned(),
-        size: stat.len().saturating_sub(HEADER_LEN),
-        etag: hex::encode(md5),
+        size: stat.len() - header.data_offset,
+        etag: hex::encode(header.md5),
         last_modified: stat.modified().map_err(io_err)?,
-    })
+    };
+    Ok((meta, header))
 }
 
-/// Writes `key`'s object file atomically and durably.
+/// A new temporary file for a put.
+fn new_tmp(root: &Path) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new().prefix("put-").tempfile_in(root.join(TMP_DIR))
+}
+
+/// Writes `key`'s object file (without attributes) atomically and durably.
 fn write_object(root: &Path, key: &str, body: &[u8]) -> Result<ObjectMeta, BackendError> {
     let io_err = |source| BackendError::Io { key: key.to_owned(), source };
     let md5: [u8; 16] = Md5::digest(body).into();
-    let mut tmp = tempfile::Builder::new().prefix("put-").tempfile_in(root.join(TMP_DIR)).map_err(io_err)?;
-    tmp.write_all(&encode_header(&md5)).map_err(io_err)?;
+    let mut tmp = new_tmp(root).map_err(io_err)?;
+    tmp.write_all(&encode_header(&md5, &[])).map_err(io_err)?;
     tmp.write_all(body).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
     let last_modified = tmp.as_file().metadata().and_then(|m| m.modified()).map_err(io_err)?;
+    persist(root, key, tmp.into_temp_path()).map_err(io_err)?;
+    Ok(ObjectMeta { key: key.to_owned(), size: body.len() as u64, etag: hex::encode(md5), last_modified })
+}
 
+/// Renames a written and fsynced temporary file onto `key`'s path, making the directories it
+/// needs, and makes the rename durable.
+fn persist(root: &Path, key: &str, mut tmp: tempfile::TempPath) -> io::Result<()> {
     let rel = key_path(key);
     let target = root.join(&rel);
     let parent = target.parent().unwrap_or(root);
@@ -363,25 +535,24 @@ fn write_object(root: &Path, key: &str, body: &[u8]) -> Result<ObjectMeta, Backe
     loop {
         let error = match create_dirs(root, rel.parent().unwrap_or(Path::new(""))) {
             Ok(()) => match tmp.persist(&target) {
-                Ok(_) => break,
+                Ok(()) => break,
                 Err(e) => {
-                    tmp = e.file;
+                    tmp = e.path;
                     e.error
                 }
             },
             Err(e) => e,
         };
         if error.kind() != io::ErrorKind::NotFound || attempts == RENAME_ATTEMPTS {
-            return Err(io_err(error));
+            return Err(error);
         }
         attempts += 1;
     }
     match sync_dir(parent) {
         // The object was deleted (and its directory with it) as soon as it was written.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        result => result.map_err(io_err)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
     }
-    Ok(ObjectMeta { key: key.to_owned(), size: body.len() as u64, etag: hex::encode(md5), last_modified })
 }
 
 /// Creates the directories of `rel` under `root` that are missing, each durably.
@@ -609,7 +780,7 @@ impl Walk<'_> {
                 return Err(BackendError::Io { key: key.to_owned(), source });
             }
         };
-        self.page.objects.push(read_meta(&mut file, key)?);
+        self.page.objects.push(read_meta(&mut file, key)?.0);
         self.last = Some((key.to_owned(), false));
         Ok(Flow::Continue)
     }
@@ -697,12 +868,101 @@ mod tests {
     #[test]
     fn header_is_pinned() {
         let md5: [u8; 16] = Md5::digest(b"hello").into();
-        let header = encode_header(&md5);
-        assert_eq!(hex::encode(header), "4e47464f010000005d41402abc4b2a76b9719d911017c592");
-        assert_eq!(decode_header(&header), Some(md5));
-        let mut bad = header;
-        bad[4] = 2;
+        let header = encode_header(&md5, &[]);
+        assert_eq!(hex::encode(&header), "4e47464f020000005d41402abc4b2a76b9719d911017c59200000000");
+        let expected = Header { md5, attributes_len: 0, data_offset: 28 };
+        assert_eq!(decode_header(&header), Some(expected));
+        let mut bad = header.clone();
+        bad[4] = 3;
         assert_eq!(decode_header(&bad), None);
+        // A version-2 header cut before its block's length, or with a block over the limit.
+        assert_eq!(decode_header(&header[..24]), None);
+        let mut huge = header;
+        huge[24..28].copy_from_slice(&(MAX_ATTRIBUTES_LEN + 1).to_le_bytes());
+        assert_eq!(decode_header(&huge), None);
+    }
+
+    #[test]
+    fn attributes_are_pinned() -> Result<(), BackendError> {
+        let attributes = Attributes {
+            content_type: Some("text/plain".into()),
+            content_encoding: None,
+            cache_control: Some("no-cache".into()),
+            content_disposition: None,
+            content_language: Some("en".into()),
+            metadata: [("a".to_owned(), "1".to_owned()), ("bc".to_owned(), "23".to_owned())].into(),
+        };
+        let block = encode_attributes("k", &attributes)?;
+        assert_eq!(
+            hex::encode(&block),
+            concat!(
+                "010a746578742f706c61696e", // Some("text/plain")
+                "00",                       // None
+                "01086e6f2d6361636865",     // Some("no-cache")
+                "00",                       // None
+                "0102656e",                 // Some("en")
+                "02",
+                "0161",
+                "0131",
+                "026263",
+                "023233", // {"a": "1", "bc": "23"}
+            )
+        );
+        assert_eq!(decode_attributes(&block), Some(attributes));
+        let md5 = [0xab; 16];
+        let header = encode_header(&md5, &block);
+        assert_eq!(&header[24..28], &(block.len() as u32).to_le_bytes());
+        assert_eq!(decode_header(&header[..28]).map(|h| h.data_offset), Some(28 + block.len() as u64));
+        // No attributes, no block; a block with bytes after the attributes is refused.
+        assert_eq!(encode_attributes("k", &Attributes::default())?, Vec::<u8>::new());
+        assert_eq!(decode_attributes(&[]), Some(Attributes::default()));
+        assert_eq!(decode_attributes(&[block, vec![0]].concat()), None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn version_1_files_are_still_read() -> Result<(), BackendError> {
+        let dir = tempfile::tempdir().map_err(|source| BackendError::Io { key: String::new(), source })?;
+        let backend = FsBackend::new(dir.path().into())?;
+        // Written as the backend wrote objects before attributes existed: a 24-byte header.
+        let write_v1 = |key: &str, data: &[u8]| {
+            let md5: [u8; 16] = Md5::digest(data).into();
+            let mut file = [&MAGIC[..], &[VERSION_1, 0, 0, 0], &md5].concat();
+            file.extend_from_slice(data);
+            let path = dir.path().join(key_path(key));
+            fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            fs::write(path, file).expect("write");
+        };
+        write_v1("old/data", b"hello, version 1");
+        write_v1("old/empty", b"");
+        write_v1("old/large", &vec![7; (WHOLE_READ_MAX + 1) as usize]);
+
+        let got = backend.get("old/data", None).await?;
+        assert_eq!(
+            (got.meta.size, got.meta.etag.as_str()),
+            (16, hex::encode(Md5::digest(b"hello, version 1")).as_str())
+        );
+        assert_eq!(got.attributes, Attributes::default());
+        assert_eq!(got.bytes().await?, "hello, version 1");
+        assert_eq!(backend.get("old/data", Some(7..14)).await?.bytes().await?, "version");
+        let (meta, attributes) = backend.stat("old/data").await?;
+        assert_eq!((meta.size, attributes), (16, Attributes::default()));
+        assert_eq!(backend.head("old/empty").await?.size, 0);
+        assert_eq!(backend.get("old/empty", None).await?.bytes().await?, "");
+        let large = backend.get("old/large", Some(1..WHOLE_READ_MAX + 1)).await?;
+        assert_eq!(large.bytes().await?.len() as u64, WHOLE_READ_MAX);
+
+        let page = backend.list(&ListRequest { prefix: "old/".into(), ..Default::default() }).await?;
+        let sizes: Vec<(String, u64)> = page.objects.into_iter().map(|o| (o.key, o.size)).collect();
+        let expected = [("old/data", 16), ("old/empty", 0), ("old/large", WHOLE_READ_MAX + 1)];
+        assert_eq!(sizes, expected.map(|(k, s)| (k.to_owned(), s)));
+
+        // An overwrite writes version 2.
+        backend.put("old/data", Bytes::from_static(b"new")).await?;
+        let file = fs::read(dir.path().join(key_path("old/data"))).expect("read");
+        assert_eq!(file[4], VERSION);
+        assert_eq!(backend.get("old/data", None).await?.bytes().await?, "new");
+        Ok(())
     }
 
     #[test]

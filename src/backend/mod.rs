@@ -4,12 +4,18 @@
 //! aws-sdk-s3) and [`fs`] (a local directory, the embedded default) — and tiny wrappers of the same
 //! trait that add behaviour: [`counting`] counts requests, [`fault`] injects failures for tests.
 //! Keys are UTF-8 strings of 1 to 1,024 bytes, as S3 allows.
+//!
+//! Beyond get/put/head/list/delete, operations are added as clients need them, the `object_store`
+//! way: [`Attributes`] (content type, encoding, user metadata …) that [`Backend::put_stream`]
+//! stores and [`Backend::get`] and [`Backend::stat`] return, and a streaming put that never holds
+//! a whole object in memory.
 
 pub mod counting;
 pub mod fault;
 pub mod fs;
 pub mod s3;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -61,12 +67,56 @@ pub struct ListPage {
     pub next_continuation_token: Option<String>,
 }
 
+/// What clients set on an object and get back on GET/HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attributes {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// `Cache-Control`.
+    pub cache_control: Option<String>,
+    /// `Content-Disposition`.
+    pub content_disposition: Option<String>,
+    /// `Content-Language`.
+    pub content_language: Option<String>,
+    /// User metadata (`x-amz-meta-<name>`), names lowercase, without the prefix.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A body streamed into a put.
+pub type ByteStream = BoxStream<'static, Result<Bytes, BackendError>>;
+
+/// Options of a streaming put.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// The attributes stored with the object.
+    pub attributes: Attributes,
+    /// The MD5 the client sent (Content-MD5): a mismatch fails the put and nothing becomes visible.
+    pub content_md5: Option<[u8; 16]>,
+}
+
+impl PutOptions {
+    /// Checks the MD5 of the bytes received against [`content_md5`](Self::content_md5), if
+    /// the client sent one: a mismatch is [`BackendError::DigestMismatch`].
+    pub fn check_md5(&self, key: &str, received: &[u8; 16]) -> Result<(), BackendError> {
+        match self.content_md5 {
+            Some(expected) if expected != *received => {
+                Err(BackendError::DigestMismatch { key: key.to_owned() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The body of a GET: its bytes as a stream, and the object's metadata.
 pub struct GetResult {
     /// The whole object's metadata (size is the whole object's, not the range's).
     pub meta: ObjectMeta,
     /// The byte range this body holds.
     pub range: Range<u64>,
+    /// The object's attributes.
+    pub attributes: Attributes,
     /// The bytes of `range`.
     pub body: BoxStream<'static, Result<Bytes, BackendError>>,
 }
@@ -92,6 +142,7 @@ impl std::fmt::Debug for GetResult {
         f.debug_struct("GetResult")
             .field("meta", &self.meta)
             .field("range", &self.range)
+            .field("attributes", &self.attributes)
             .finish_non_exhaustive()
     }
 }
@@ -145,6 +196,20 @@ pub enum BackendError {
         /// What the backend said.
         message: String,
     },
+    /// The MD5 the client sent (Content-MD5) does not match the bytes received.
+    #[error("Content-MD5 does not match the body received for {key}")]
+    DigestMismatch {
+        /// The key being written.
+        key: String,
+    },
+    /// The streamed body of a put failed (the client went away, …).
+    #[error("the body of the put of {key} failed: {message}")]
+    Body {
+        /// The key being written.
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A failure injected by a test wrapper.
     #[error("injected fault on {op} {key}")]
     Injected {
@@ -167,6 +232,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Reads an object's metadata.
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError>;
+
+    /// Reads an object's metadata and attributes.
+    async fn stat(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError>;
+
+    /// Writes an object from a stream, atomically (readers see the old object or the whole new
+    /// one, never a part; a body error or an MD5 mismatch leaves nothing behind), never holding
+    /// more than a bounded buffer (one part) in memory. An error of the body stream is returned
+    /// as it came.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError>;
 
     /// Lists one page of keys, in byte order.
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError>;
@@ -232,9 +311,9 @@ pub fn resolve_range(key: &str, range: Option<Range<u64>>, size: u64) -> Result<
 pub enum Op {
     /// [`Backend::get`].
     Get,
-    /// [`Backend::put`].
+    /// [`Backend::put`] and [`Backend::put_stream`].
     Put,
-    /// [`Backend::head`].
+    /// [`Backend::head`] and [`Backend::stat`].
     Head,
     /// [`Backend::list`].
     List,
@@ -269,6 +348,19 @@ impl Backend for Arc<dyn Backend> {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         self.as_ref().head(key).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
+        self.as_ref().stat(key).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        self.as_ref().put_stream(key, body, options).await
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {

@@ -11,7 +11,20 @@
 //! within a second after the object's LastModified — so that a PUT needs no extra HEAD. Listings
 //! ask for URL-encoded keys (`encoding-type=url`), so keys with characters XML cannot carry list
 //! intact (and are decoded only if the server says it encoded them).
+//!
+//! [`Attributes`] are S3's own: Content-Type, Content-Encoding, Cache-Control,
+//! Content-Disposition, Content-Language and `x-amz-meta-*` user metadata (names read back
+//! lowercase); a server may answer a Content-Type nobody set (Garage: `application/octet-stream`,
+//! where the fs backend says none).
+//!
+//! A streaming put buffers up to [`PART_SIZE`]: a body that ends within it is one PutObject; a
+//! longer one is a multipart upload of [`PART_SIZE`] parts (each with its Content-MD5, so at most
+//! 80 GB), whose ETag is the server's (`<hex>-<parts>`, as LIST shows it too). A multipart upload that fails — the body, a
+//! part, or the whole body's MD5 against the client's — is aborted before the error is returned,
+//! and one whose put is dropped half-way (even before CreateMultipartUpload answered) is aborted
+//! in a task of its own.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -27,15 +40,74 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
-use aws_sdk_s3::types::EncodingType;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType};
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::{
-    Backend, BackendError, GetResult, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, Op, validate_key,
+    Attributes, Backend, BackendError, GetResult, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta, Op,
+    PutOptions, validate_key,
 };
+
+/// The size of the parts of a streaming put, and the largest body it sends in one PutObject.
+pub const PART_SIZE: usize = 8 << 20;
+
+/// The most parts a multipart upload may have (S3's limit).
+const MAX_PARTS: i32 = 10_000;
+
+/// Sets [`Attributes`] on a PutObject or CreateMultipartUpload request (their setters share
+/// names, not a trait).
+macro_rules! with_attributes {
+    ($request:expr, $attributes:expr) => {{
+        let attributes: Attributes = $attributes;
+        let metadata: HashMap<String, String> = attributes.metadata.into_iter().collect();
+        $request
+            .set_content_type(attributes.content_type)
+            .set_content_encoding(attributes.content_encoding)
+            .set_cache_control(attributes.cache_control)
+            .set_content_disposition(attributes.content_disposition)
+            .set_content_language(attributes.content_language)
+            .set_metadata(Some(metadata).filter(|m| !m.is_empty()))
+    }};
+}
+
+/// Sends a request that writes `key` with a [`DateCapture`], and evaluates to its output and the
+/// capture (returning the error from the enclosing function).
+macro_rules! send_dated {
+    ($request:expr, $key:expr) => {{
+        let date = DateCapture::default();
+        let out = $request
+            .customize()
+            .interceptor(date.clone())
+            .send()
+            .await
+            .map_err(|e| classify(Op::Put, $key, e))?;
+        (out, date)
+    }};
+}
+
+/// The [`Attributes`] of a GetObject or HeadObject response (their getters share names, not a
+/// trait).
+macro_rules! attributes_of {
+    ($out:expr) => {{
+        let out = &$out;
+        Attributes {
+            content_type: out.content_type().map(str::to_owned),
+            content_encoding: out.content_encoding().map(str::to_owned),
+            cache_control: out.cache_control().map(str::to_owned),
+            content_disposition: out.content_disposition().map(str::to_owned),
+            content_language: out.content_language().map(str::to_owned),
+            metadata: out
+                .metadata()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| (name.to_lowercase(), value.clone()))
+                .collect(),
+        }
+    }};
+}
 
 /// Where an [`S3Backend`] keeps its objects, and how it gets there.
 #[derive(Clone)]
@@ -199,6 +271,139 @@ impl S3Backend {
         Ok(full)
     }
 
+    /// Writes `body`, whose MD5 is `md5`, with one PutObject.
+    async fn put_object(
+        &self,
+        key: &str,
+        full: &str,
+        body: Bytes,
+        md5: [u8; 16],
+        attributes: Attributes,
+    ) -> Result<ObjectMeta, BackendError> {
+        let size = body.len() as u64;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .body(ByteStream::from(body));
+        let (out, date) = send_dated!(with_attributes!(request, attributes), key);
+        self.written(key, size, out.e_tag(), &md5, &date).await
+    }
+
+    /// Writes a body longer than one part with a multipart upload: `first` is its first part,
+    /// `parts` the rest. Aborts the upload if anything fails.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        full: &str,
+        first: Bytes,
+        mut parts: Parts,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        let request = self.client.create_multipart_upload().bucket(&self.bucket).key(full);
+        let request = with_attributes!(request, options.attributes.clone());
+        let (client, bucket, full, owned) =
+            (self.client.clone(), self.bucket.clone(), full.to_owned(), key.to_owned());
+        // The upload is created in a task of its own, so that a put dropped before the answer
+        // came still gets the upload, and aborts it by dropping it.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let created = async {
+                let out = request.send().await.map_err(|e| classify(Op::Put, &owned, e))?;
+                let upload_id = out.upload_id().ok_or_else(|| {
+                    remote(Op::Put, &owned, "CreateMultipartUpload answered without an upload id")
+                })?;
+                Ok(Upload { client, bucket, full, upload_id: upload_id.to_owned(), armed: true })
+            };
+            // If the put is gone, the upload comes back here and is dropped: aborted.
+            let _ = sender.send(created.await);
+        });
+        let upload =
+            receiver.await.map_err(|_| remote(Op::Put, key, "the task creating the upload died"))??;
+        match self.upload_parts(key, &upload, first, &mut parts, &options).await {
+            Ok(meta) => {
+                upload.disarm();
+                Ok(meta)
+            }
+            Err(error) => {
+                upload.abort(key).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Uploads the parts of `upload` and completes it if the whole body's MD5 is right.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload: &Upload,
+        first: Bytes,
+        parts: &mut Parts,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        let mut completed = Vec::new();
+        let mut part = first;
+        loop {
+            let number = completed.len() as i32 + 1;
+            if number > MAX_PARTS {
+                return Err(remote(Op::Put, key, "the body is longer than 10,000 parts"));
+            }
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&upload.full)
+                .upload_id(&upload.upload_id)
+                .part_number(number)
+                .content_md5(base64::engine::general_purpose::STANDARD.encode(Md5::digest(&part)))
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(|e| classify(Op::Put, key, e))?;
+            let etag =
+                out.e_tag().ok_or_else(|| remote(Op::Put, key, "UploadPart answered without an ETag"))?;
+            completed.push(CompletedPart::builder().part_number(number).e_tag(etag).build());
+            if !parts.has_more().await? {
+                break;
+            }
+            part = parts.next_part().await?;
+        }
+        let (md5, size) = parts.digest();
+        options.check_md5(key, &md5)?;
+        let request = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.full)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
+        let (out, date) = send_dated!(request, key);
+        self.written(key, size, out.e_tag(), &md5, &date).await
+    }
+
+    /// The metadata of an object just written: the server's ETag (else the MD5) and its `Date`
+    /// (else, for a server without a clock, the object's own time).
+    async fn written(
+        &self,
+        key: &str,
+        size: u64,
+        etag: Option<&str>,
+        md5: &[u8; 16],
+        date: &DateCapture,
+    ) -> Result<ObjectMeta, BackendError> {
+        let etag = match etag {
+            Some(etag) => unquote(Some(etag)),
+            None => hex::encode(md5),
+        };
+        let last_modified = match date.get() {
+            Some(date) => date,
+            None => self.head(key).await?.last_modified,
+        };
+        Ok(ObjectMeta { key: key.to_owned(), size, etag, last_modified })
+    }
+
     /// The key for the bucket's key `full` (which a listing under the prefix returned).
     fn strip_prefix(&self, full: String) -> Result<String, BackendError> {
         match full.strip_prefix(&self.prefix) {
@@ -260,45 +465,44 @@ impl Backend for S3Backend {
             etag: unquote(out.e_tag()),
             last_modified: system_time(Op::Get, key, out.last_modified())?,
         };
+        let attributes = attributes_of!(out);
         let owned = key.to_owned();
         let body = futures::stream::unfold(out.body, |mut body: ByteStream| async move {
             body.next().await.map(|chunk| (chunk, body))
         })
         .map_err(move |e| remote(Op::Get, &owned, &DisplayErrorContext(&e).to_string()))
         .boxed();
-        Ok(GetResult { meta, range, body })
+        Ok(GetResult { meta, range, attributes, body })
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
         let full = self.full_key(key)?;
-        let md5 = Md5::digest(&body);
-        let size = body.len() as u64;
-        let date = DateCapture::default();
-        let out = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .body(ByteStream::from(body))
-            .customize()
-            .interceptor(date.clone())
-            .send()
-            .await
-            .map_err(|e| classify(Op::Put, key, e))?;
-        let etag = match out.e_tag() {
-            Some(etag) => unquote(Some(etag)),
-            None => hex::encode(md5),
-        };
-        let last_modified = match date.get() {
-            Some(date) => date,
-            // No Date header (HTTP servers with a clock must send one): ask for the object's time.
-            None => self.head(key).await?.last_modified,
-        };
-        Ok(ObjectMeta { key: key.to_owned(), size, etag, last_modified })
+        let md5 = Md5::digest(&body).into();
+        self.put_object(key, &full, body, md5, Attributes::default()).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: super::ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
+        let full = self.full_key(key)?;
+        let mut parts = Parts::new(body);
+        let first = parts.next_part().await?;
+        if parts.has_more().await? {
+            return self.put_multipart(key, &full, first, parts, options).await;
+        }
+        let (md5, _) = parts.digest();
+        options.check_md5(key, &md5)?;
+        self.put_object(key, &full, first, md5, options.attributes).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        Ok(self.stat(key).await?.0)
+    }
+
+    async fn stat(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
         let full = self.full_key(key)?;
         let out = self
             .client
@@ -309,12 +513,13 @@ impl Backend for S3Backend {
             .await
             .map_err(|e| classify(Op::Head, key, e))?;
         let size = out.content_length().and_then(|l| u64::try_from(l).ok());
-        Ok(ObjectMeta {
+        let meta = ObjectMeta {
             key: key.to_owned(),
             size: size.ok_or_else(|| remote(Op::Head, key, "response without Content-Length"))?,
             etag: unquote(out.e_tag()),
             last_modified: system_time(Op::Head, key, out.last_modified())?,
-        })
+        };
+        Ok((meta, attributes_of!(out)))
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {
@@ -383,6 +588,116 @@ impl Backend for S3Backend {
                 BackendError::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming puts
+
+/// A put's body, cut into parts of [`PART_SIZE`] bytes, with its MD5 computed on the way.
+struct Parts {
+    body: super::ByteStream,
+    /// Bytes received and not yet in a part (the rest of the last chunk).
+    pending: Bytes,
+    /// Whether the body has ended.
+    ended: bool,
+    /// The MD5 of the parts returned so far.
+    md5: Md5,
+    /// Their size.
+    size: u64,
+}
+
+impl Parts {
+    fn new(body: super::ByteStream) -> Self {
+        Parts { body, pending: Bytes::new(), ended: false, md5: Md5::new(), size: 0 }
+    }
+
+    /// The next part: [`PART_SIZE`] bytes, or what is left at the end of the body.
+    async fn next_part(&mut self) -> Result<Bytes, BackendError> {
+        let mut part = BytesMut::new();
+        while part.len() < PART_SIZE && self.has_more().await? {
+            let take = self.pending.len().min(PART_SIZE - part.len());
+            part.extend_from_slice(&self.pending.split_to(take));
+        }
+        let part = part.freeze();
+        self.md5.update(&part);
+        self.size += part.len() as u64;
+        Ok(part)
+    }
+
+    /// Whether the body has bytes beyond the parts returned so far (reading one chunk ahead).
+    async fn has_more(&mut self) -> Result<bool, BackendError> {
+        while self.pending.is_empty() && !self.ended {
+            match self.body.next().await {
+                Some(chunk) => self.pending = chunk?,
+                None => self.ended = true,
+            }
+        }
+        Ok(!self.pending.is_empty())
+    }
+
+    /// The MD5 and size of the parts returned so far.
+    fn digest(&mut self) -> ([u8; 16], u64) {
+        (std::mem::take(&mut self.md5).finalize().into(), self.size)
+    }
+}
+
+/// A multipart upload in progress, aborted in a task of its own if it is dropped still armed
+/// (its put was dropped half-way).
+struct Upload {
+    client: Client,
+    bucket: String,
+    /// The bucket's key.
+    full: String,
+    upload_id: String,
+    /// Whether dropping it aborts the upload.
+    armed: bool,
+}
+
+impl Upload {
+    /// The AbortMultipartUpload request for this upload.
+    fn abort_request(
+        &self,
+    ) -> aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder {
+        self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.full).upload_id(&self.upload_id)
+    }
+
+    /// Aborts the upload now; a failure to abort is logged, since the put fails anyway.
+    async fn abort(mut self, key: &str) {
+        self.armed = false;
+        if let Err(e) = self.abort_request().send().await {
+            let error = classify(Op::Put, key, e);
+            tracing::warn!(key, upload_id = %self.upload_id, %error, "cannot abort a failed multipart upload");
+        }
+    }
+
+    /// The upload is complete: dropping it does nothing.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let request = self.abort_request();
+        let (full, upload_id) = (self.full.clone(), self.upload_id.clone());
+        let abort = async move {
+            if let Err(e) = request.send().await {
+                let error = DisplayErrorContext(&e);
+                tracing::warn!(key = full, upload_id, %error, "cannot abort a dropped multipart upload");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(abort)),
+            Err(_) => tracing::warn!(
+                key = self.full,
+                upload_id = self.upload_id,
+                "a dropped multipart upload is left behind: no runtime to abort it on"
+            ),
         }
     }
 }
