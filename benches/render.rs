@@ -5,9 +5,10 @@
 //! - render throughput of the whole NAR (cold chunk cache) against `cat` of the NAR file (ratio);
 //! - ranged-read latency (64 KiB, cold caches) at offset 0 against near the end (ratio ~1);
 //! - stored bytes ÷ NAR bytes, and ÷ the NAR compressed with `zstd -3`;
-//! - on Garage (started on loopback as the tests do): whole-NAR render against a direct GET of the
-//!   same NAR stored as one object, and a 64 KiB ranged read near the end, cold and with the
-//!   segment table cached, against a direct ranged GET.
+//! - on Garage (started on loopback as the tests do), for each [`ConnectionMode`]: the latency of a
+//!   GET of a 13 KB and of a 1.5 MB object; whole-NAR render against a direct GET of the same NAR
+//!   stored as one object; and a 64 KiB ranged read near the end, cold and with the segment table
+//!   cached, against a direct ranged GET.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -21,6 +22,7 @@ mod garage;
 
 use nargate::backend::DynBackend;
 use nargate::backend::fs::FsBackend;
+use nargate::backend::s3::{ConnectionMode, S3Backend, S3Config};
 use nargate::castore::ChunkStore;
 use nargate::ingest::{IngestOptions, ingest_nar};
 use nargate::nix::nar::{NarNode, write_nar};
@@ -187,8 +189,8 @@ async fn main() {
         at_end.as_secs_f64() / at_start.as_secs_f64()
     );
 
-    for reuse_connections in [true, false] {
-        garage_figures(&nar_path, nar_size, reuse_connections).await;
+    for mode in [ConnectionMode::Reuse, ConnectionMode::QuickAck, ConnectionMode::NewPerRequest] {
+        garage_figures(&nar_path, nar_size, mode).await;
     }
 
     let stored = dir_size(&dir.path().join("store"));
@@ -233,12 +235,11 @@ where
 }
 
 /// The same NAR on Garage: rendered from chunks against stored whole, as a plain S3 cache holds it.
-async fn garage_figures(nar_path: &Path, nar_size: u64, reuse_connections: bool) {
+async fn garage_figures(nar_path: &Path, nar_size: u64, connections: ConnectionMode) {
     let garage = tokio::task::spawn_blocking(garage::garage).await.unwrap();
-    let config =
-        nargate::backend::s3::S3Config { reuse_connections, ..garage.config(&garage.create_bucket().await) };
-    let backend: DynBackend = Arc::new(nargate::backend::s3::S3Backend::new(config).await.unwrap());
-    println!("Garage, connections {}:", if reuse_connections { "kept alive" } else { "new per request" });
+    let config = S3Config { connections, ..garage.config(&garage.create_bucket().await) };
+    let backend: DynBackend = Arc::new(S3Backend::new(config).await.unwrap());
+    println!("Garage, connections {connections:?}:");
     let nar = bytes::Bytes::from(std::fs::read(nar_path).unwrap());
     backend.put("whole.nar", nar.clone()).await.unwrap();
     let store = ChunkStore::new(backend.clone(), 64 << 20);
@@ -246,6 +247,24 @@ async fn garage_figures(nar_path: &Path, nar_size: u64, reuse_connections: bool)
     let hash = ingest_nar(&store, &nar[..], &IngestOptions::default()).await.unwrap().record.nar_hash;
     let ingest_time = start.elapsed();
     drop(nar);
+
+    // Latency of a GET of one small and one medium object (the connection warmed first).
+    let mut object_gets = vec![];
+    for (key, size, runs) in [("small", 13_000, 50), ("medium", 1_500_000, 20)] {
+        backend.put(key, bytes::Bytes::from(content(size, size as u64))).await.unwrap();
+        backend.get(key, None).await.unwrap().bytes().await.unwrap();
+        object_gets.push(
+            timed(runs, || async {
+                assert_eq!(backend.get(key, None).await.unwrap().bytes().await.unwrap().len(), size);
+            })
+            .await,
+        );
+    }
+    println!(
+        "  GET of one object: 13 KB {:.2} ms, 1.5 MB {:.2} ms",
+        object_gets[0].as_secs_f64() * 1e3,
+        object_gets[1].as_secs_f64() * 1e3
+    );
 
     let direct = timed(3, || async {
         let mut body = backend.get("whole.nar", None).await.unwrap().body;

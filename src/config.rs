@@ -169,19 +169,7 @@ pub struct S3BackendConfig {
 }
 
 /// How an S3 backend uses connections (TOML: `"reuse"`, `"quickack"`, `"new-per-request"`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Connections {
-    /// Keep connections open between requests.
-    #[default]
-    Reuse,
-    /// Keep them open, and acknowledge at once (for servers that stall small responses on a
-    /// reused connection).
-    #[serde(rename = "quickack")]
-    QuickAck,
-    /// A new connection per request.
-    NewPerRequest,
-}
+pub use crate::backend::s3::ConnectionMode as Connections;
 
 /// The client key pair the configuration names (`[credentials]`): both or neither.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -314,7 +302,7 @@ impl Default for S3BackendConfig {
             path_style: d.path_style,
             access_key_id: d.access_key_id,
             secret_access_key: d.secret_access_key.map(Secret),
-            connections: Connections::Reuse,
+            connections: Connections::default(),
             connect_timeout: d.connect_timeout,
             operation_timeout: d.operation_timeout,
             max_attempts: d.max_attempts,
@@ -386,7 +374,11 @@ impl Config {
 
     /// The renderer's settings.
     pub fn render_config(&self) -> RenderConfig {
-        RenderConfig { table_cache_bytes: self.cache.table_cache_bytes, read_ahead: self.read_ahead }
+        RenderConfig {
+            table_cache_bytes: self.cache.table_cache_bytes,
+            read_ahead: self.read_ahead,
+            ..RenderConfig::default()
+        }
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -519,7 +511,7 @@ impl S3BackendConfig {
             secret_access_key: self.secret_access_key.as_ref().map(|s| s.expose().to_owned()),
             prefix: self.prefix.clone(),
             max_attempts: self.max_attempts,
-            reuse_connections: reuse_connections(self.connections),
+            connections: self.connections,
             connect_timeout: self.connect_timeout,
             operation_timeout: self.operation_timeout,
         }
@@ -566,17 +558,6 @@ impl S3BackendConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// MERGE POINT: `S3Config` has only `reuse_connections: bool` today, while another branch
-/// replaces it by `connections: ConnectionMode { Reuse, QuickAck, NewPerRequest }`. Once that
-/// lands, map [`Connections`] onto `ConnectionMode` variant for variant here and in
-/// [`S3BackendConfig::to_s3_config`]. Until then QuickAck reuses connections.
-fn reuse_connections(connections: Connections) -> bool {
-    match connections {
-        Connections::Reuse | Connections::QuickAck => true,
-        Connections::NewPerRequest => false,
     }
 }
 
@@ -807,21 +788,21 @@ mod tests {
         assert_eq!(config.render_config().table_cache_bytes, 1000);
         let mapped = s3.to_s3_config();
         assert_eq!(mapped.secret_access_key.as_deref(), Some("backend-secret"));
-        assert!(!mapped.reuse_connections && mapped.path_style && mapped.max_attempts == 5);
+        assert!(mapped.connections == Connections::NewPerRequest && mapped.path_style && mapped.max_attempts == 5);
         assert_eq!(mapped.prefix.as_deref(), Some("nargate/"));
     }
 
     #[test]
     fn connection_modes() {
-        for (name, mode, reuse) in [
-            ("reuse", Connections::Reuse, true),
-            ("quickack", Connections::QuickAck, true),
-            ("new-per-request", Connections::NewPerRequest, false),
+        for (name, mode) in [
+            ("reuse", Connections::Reuse),
+            ("quickack", Connections::QuickAck),
+            ("new-per-request", Connections::NewPerRequest),
         ] {
             let text = format!("[backend]\ntype = \"s3\"\nbucket = \"b\"\nconnections = \"{name}\"\n");
             let BackendConfig::S3(s3) = Config::from_toml(&text).unwrap().backend else { panic!() };
             assert_eq!(s3.connections, mode);
-            assert_eq!(s3.to_s3_config().reuse_connections, reuse);
+            assert_eq!(s3.to_s3_config().connections, mode);
             let config =
                 Config::load(None, env(&[("NARGATE_S3_BUCKET", "b"), ("NARGATE_S3_CONNECTIONS", name)]))
                     .unwrap();

@@ -856,7 +856,7 @@ mod s3_only {
     use super::*;
     use crate::common::garage::{garage, garage_s3_backend};
     use nargate::backend::Backend;
-    use nargate::backend::s3::{S3Backend, S3Config};
+    use nargate::backend::s3::{ConnectionMode, S3Backend, S3Config};
     use std::sync::Arc;
 
     /// A plain S3 client for `config`'s bucket, to see what the backend leaves there.
@@ -984,11 +984,11 @@ mod s3_only {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn without_connection_reuse() -> TestResult {
+    /// Puts, gets and lists objects of many sizes through a backend with connections kept `mode`.
+    async fn round_trips(mode: ConnectionMode) -> TestResult {
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
         let bucket = garage.create_bucket().await;
-        let config = S3Config { reuse_connections: false, ..garage.config(&bucket) };
+        let config = S3Config { connections: mode, ..garage.config(&bucket) };
         let backend: DynBackend = Arc::new(S3Backend::new(config).await.expect("backend"));
         let data = Bytes::from(vec![7u8; 300_000]);
         for i in 0..20 {
@@ -997,8 +997,28 @@ mod s3_only {
         for i in 0..20 {
             assert_eq!(get_bytes(&*backend, &format!("k{i:02}")).await?, data.slice(..i * 1000));
         }
-        assert_eq!(keys_under(&backend, "").await?.len(), 20);
+        let big = data.slice(..).repeat(10);
+        backend.put("big", Bytes::from(big.clone())).await?;
+        assert_eq!(get_bytes(&*backend, "big").await?, big);
+        assert_eq!(backend.get("big", Some(5..9)).await?.bytes().await?, big[5..9]);
+        assert!(is_not_found(backend.head("missing").await));
+        assert_eq!(keys_under(&backend, "").await?.len(), 21);
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn connections_kept_alive_with_quick_acks() -> TestResult {
+        round_trips(ConnectionMode::QuickAck).await
+    }
+
+    #[tokio::test]
+    async fn connections_kept_alive() -> TestResult {
+        round_trips(ConnectionMode::Reuse).await
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_per_request() -> TestResult {
+        round_trips(ConnectionMode::NewPerRequest).await
     }
 
     #[tokio::test]

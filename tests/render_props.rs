@@ -45,8 +45,15 @@ fn tree() -> impl Strategy<Value = NarNode> {
 }
 
 /// Reads (offset, length) pairs through one seekable reader, in the given order, and through
-/// range streams, checking every result against the NAR.
-async fn check_reads(nar: &[u8], node_reads: &[(u64, u64)], renderer: &Renderer, hash: &[u8; 32]) {
+/// range streams, checking every result against the NAR, and that every buffer of a stream but
+/// its last holds at least `min_buffer` bytes.
+async fn check_reads(
+    nar: &[u8],
+    node_reads: &[(u64, u64)],
+    renderer: &Renderer,
+    hash: &[u8; 32],
+    min_buffer: usize,
+) {
     let mut reader = renderer.open(hash).await.unwrap();
     let size = nar.len() as u64;
     for &(offset, len) in node_reads {
@@ -61,6 +68,8 @@ async fn check_reads(nar: &[u8], node_reads: &[(u64, u64)], renderer: &Renderer,
         let streamed: Vec<bytes::Bytes> =
             renderer.range(hash, offset..offset + len).await.unwrap().try_collect().await.unwrap();
         assert!(streamed.concat() == nar[lo..hi], "range {len} at {offset} of {size}");
+        let short = streamed.iter().rev().skip(1).filter(|b| b.len() < min_buffer.max(1)).count();
+        assert_eq!(short, 0, "buffers shorter than {min_buffer} before the last");
     }
     reader.seek(std::io::SeekFrom::Start(0)).await.unwrap();
     let mut all = vec![];
@@ -68,15 +77,30 @@ async fn check_reads(nar: &[u8], node_reads: &[(u64, u64)], renderer: &Renderer,
     assert!(all == nar, "whole NAR");
 }
 
-async fn ingest_and_check(node: &NarNode, reads: &[(u64, u64)]) {
+/// Renderer settings that exercise buffer coalescing (every piece alone, tiny buffers, the
+/// default) and both caching policies (read through from the first chunk on, or caching many).
+fn settings() -> impl Strategy<Value = (usize, usize)> {
+    (
+        prop_oneof![Just(0usize), 1usize..40, Just(1000), Just(64 << 10)],
+        prop_oneof![Just(0usize), Just(2), Just(1000)],
+    )
+}
+
+async fn ingest_and_check(
+    node: &NarNode,
+    reads: &[(u64, u64)],
+    (min_buffer_bytes, cached_range_chunks): (usize, usize),
+) {
     let nar = write_nar(node).unwrap();
     let (_dir, backend) = common::fs_backend();
     let store = ChunkStore::new(backend, 1 << 20);
     let options = IngestOptions { chunker: ChunkerParams::TINY, ..Default::default() };
     let ingested = ingest_nar(&store, &nar[..], &options).await.unwrap();
     assert_eq!(ingested.record.nar_size, nar.len() as u64);
-    let renderer = Renderer::new(store, RenderConfig { table_cache_bytes: 1 << 20, read_ahead: 3 });
-    check_reads(&nar, reads, &renderer, &ingested.record.nar_hash).await;
+    let config =
+        RenderConfig { table_cache_bytes: 1 << 20, read_ahead: 3, cached_range_chunks, min_buffer_bytes };
+    let renderer = Renderer::new(store, config);
+    check_reads(&nar, reads, &renderer, &ingested.record.nar_hash, min_buffer_bytes).await;
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -90,8 +114,9 @@ proptest! {
     fn random_reads_equal_the_nar(
         node in tree(),
         reads in proptest::collection::vec((any::<u64>(), prop_oneof![1u64..16, 16u64..3000, 3000u64..100_000]), 1..12),
+        settings in settings(),
     ) {
-        runtime().block_on(ingest_and_check(&node, &reads));
+        runtime().block_on(ingest_and_check(&node, &reads, settings));
     }
 }
 
@@ -114,7 +139,9 @@ fn thousands_of_tiny_files_and_deep_nesting() {
     let size = write_nar(&node).unwrap().len() as u64;
     let reads: Vec<(u64, u64)> =
         (0..40).map(|i| (size * i / 40 + i, 1 + i * 97)).chain([(size - 1, 1), (0, size)]).collect();
-    runtime().block_on(ingest_and_check(&node, &reads));
+    for settings in [(0, 16), (7, 0), (64 << 10, 16)] {
+        runtime().block_on(ingest_and_check(&node, &reads, settings));
+    }
 }
 
 #[test]
@@ -127,6 +154,8 @@ fn top_level_file_and_symlink() {
     ] {
         let size = write_nar(&node).unwrap().len() as u64;
         let reads = [(0, size), (size / 3, 17), (size - 1, 5), (size, 1)];
-        runtime().block_on(ingest_and_check(&node, &reads));
+        for settings in [(0, 16), (5, 0), (64 << 10, 16)] {
+            runtime().block_on(ingest_and_check(&node, &reads, settings));
+        }
     }
 }

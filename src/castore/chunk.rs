@@ -4,11 +4,16 @@
 //! followed by the payload: [`CODEC_RAW`] (the bytes as they are) or [`CODEC_ZSTD`] (a zstd frame,
 //! used only when it is smaller). Every read is verified against the digest and size the caller
 //! expects: a mismatch is an [`ChunkError::Integrity`] error, never data. Verified chunks are kept
-//! in a `moka` cache weighed by their size, so readers in small pieces do not fetch a chunk again.
+//! in a `moka` cache weighed by their size, so readers in small pieces do not fetch a chunk again;
+//! a read may also go *through* the cache ([`ChunkStore::get_uncached`]: served from it, never
+//! filling it), so that one long read does not evict what small readers rely on. Concurrent reads
+//! of one chunk, cached or not, share one backend GET.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use tokio::sync::OnceCell;
 
 use super::digest::Digest;
 use crate::backend::{self, BackendError, DynBackend};
@@ -88,6 +93,7 @@ pub fn decode_chunk(digest: &Digest, size: u32, stored: Bytes) -> Result<Bytes, 
 pub struct ChunkStore {
     backend: DynBackend,
     cache: moka::future::Cache<Digest, Bytes>,
+    loads: Arc<Loads>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -112,7 +118,7 @@ impl ChunkStore {
             .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .max_capacity(cache_bytes)
             .build();
-        ChunkStore { backend, cache }
+        ChunkStore { backend, cache, loads: Arc::default() }
     }
 
     /// The backend the chunks live on.
@@ -145,23 +151,92 @@ impl ChunkStore {
         Ok(PutOutcome { uploaded: true, stored_bytes })
     }
 
-    /// Reads a chunk, verified against `digest` and `size`; concurrent reads of one chunk share one
-    /// backend GET, and verified chunks are served from the cache.
+    /// Reads a chunk, verified against `digest` and `size`, through the cache: a cached chunk
+    /// costs no request, a fetched one is kept. Concurrent reads of one chunk share one GET.
     pub async fn get(&self, digest: Digest, size: u32) -> Result<Bytes, ChunkError> {
+        self.read(digest, size, true).await
+    }
+
+    /// Reads a chunk as [`get`](Self::get) does (from the cache if it is there, sharing a GET
+    /// already in flight), but does not keep what it fetches: for reads too long to cache.
+    pub async fn get_uncached(&self, digest: Digest, size: u32) -> Result<Bytes, ChunkError> {
+        self.read(digest, size, false).await
+    }
+
+    async fn read(&self, digest: Digest, size: u32, keep: bool) -> Result<Bytes, ChunkError> {
+        if let Some(data) = self.cache.get(&digest).await {
+            return Ok(data);
+        }
+        let load = self.loads.join(digest);
         let backend = self.backend.clone();
-        self.cache
-            .try_get_with(digest, async move {
-                let stored = backend::get_bytes(backend.as_ref(), &chunk_key(&digest)).await?;
-                if stored.len() > 1 << 20 && stored.first() == Some(&CODEC_ZSTD) {
-                    tokio::task::spawn_blocking(move || decode_chunk(&digest, size, stored))
-                        .await
-                        .map_err(|e| ChunkError::Integrity { digest, reason: format!("decoder task: {e}") })?
-                } else {
-                    decode_chunk(&digest, size, stored)
-                }
-            })
+        let outcome = load
+            .cell
+            .get_or_init(|| async move { fetch(backend, digest, size).await.map_err(Arc::new) })
             .await
-            .map_err(unshare)
+            .clone();
+        // A reader that keeps the chunk inserts it before it leaves the load, so that a reader
+        // that missed the cache finds either the load still in flight or the chunk cached.
+        if keep && let Ok(data) = &outcome {
+            self.cache.insert(digest, data.clone()).await;
+        }
+        drop(load);
+        outcome.map_err(unshare)
+    }
+}
+
+/// Fetches, decodes and verifies one chunk (large zstd chunks are decoded off the async threads).
+async fn fetch(backend: DynBackend, digest: Digest, size: u32) -> Result<Bytes, ChunkError> {
+    let stored = backend::get_bytes(backend.as_ref(), &chunk_key(&digest)).await?;
+    if stored.len() > 1 << 20 && stored.first() == Some(&CODEC_ZSTD) {
+        tokio::task::spawn_blocking(move || decode_chunk(&digest, size, stored))
+            .await
+            .map_err(|e| ChunkError::Integrity { digest, reason: format!("decoder task: {e}") })?
+    } else {
+        decode_chunk(&digest, size, stored)
+    }
+}
+
+/// The outcome of one chunk load, shared by the readers that wait for it.
+type LoadCell = OnceCell<Result<Bytes, Arc<ChunkError>>>;
+
+/// Chunk loads in flight, by digest, with how many readers wait for each. The last reader to
+/// leave a load, done or dropped, removes it. A reader dropped while it runs the load's fetch
+/// hands the fetch over to the next waiter (`OnceCell`), so cancelling one reader fails no other.
+#[derive(Default)]
+struct Loads(Mutex<HashMap<Digest, (Arc<LoadCell>, usize)>>);
+
+impl Loads {
+    /// Joins the load of `digest` in flight, or starts one.
+    fn join(&self, digest: Digest) -> JoinedLoad<'_> {
+        let mut map = self.lock();
+        let (cell, readers) = map.entry(digest).or_insert_with(|| (Arc::new(LoadCell::new()), 0));
+        *readers += 1;
+        JoinedLoad { loads: self, digest, cell: cell.clone() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Digest, (Arc<LoadCell>, usize)>> {
+        // Every change to the map is whole, so it is consistent even if a holder panicked.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One reader's share of a load; dropping it leaves the load.
+struct JoinedLoad<'a> {
+    loads: &'a Loads,
+    digest: Digest,
+    cell: Arc<LoadCell>,
+}
+
+impl Drop for JoinedLoad<'_> {
+    fn drop(&mut self) {
+        let mut map = self.loads.lock();
+        // The entry is this load's: it stays in the map while it has readers.
+        if let Some((_, readers)) = map.get_mut(&self.digest) {
+            *readers -= 1;
+            if *readers == 0 {
+                map.remove(&self.digest);
+            }
+        }
     }
 }
 

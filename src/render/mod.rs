@@ -2,7 +2,7 @@
 //!
 //! - [`segment`]: the segment table of a NAR (literal framing + content spans).
 //! - [`listing`]: the NAR listing (`<storehash>.ls`) of a NAR record, as Nix writes it.
-//! - [`stream`]: a byte range of a NAR as a stream, chunks fetched ahead concurrently.
+//! - [`stream`]: a byte range of a NAR as a stream of buffers, chunks fetched ahead concurrently.
 //! - [`reader`]: a NAR as `AsyncRead + AsyncSeek`.
 //!
 //! [`Renderer`] ties them to a backend: it loads NAR records, keeps their segment tables in a
@@ -22,6 +22,7 @@ use futures::stream::BoxStream;
 
 pub use reader::NarReader;
 pub use segment::{SegmentTable, TableError};
+pub use stream::StreamOptions;
 
 use crate::backend::{self, BackendError};
 use crate::castore::nar_record::nar_record_key;
@@ -122,11 +123,33 @@ pub struct RenderConfig {
     pub table_cache_bytes: u64,
     /// Chunks fetched ahead of the reader.
     pub read_ahead: usize,
+    /// The longest range, in chunks, whose chunks [`Renderer::range`] keeps in the chunk cache:
+    /// a longer range (a whole-NAR download) reads through the cache — it is served the chunks
+    /// that are there, and keeps none it fetches — so that it does not evict the chunks that
+    /// readers in small pieces (rclone mounts, 128 KiB at a time) rely on. A [`NarReader`] keeps
+    /// the first this many chunks it reads after each seek. Default 16 (~16 MiB of chunks).
+    pub cached_range_chunks: usize,
+    /// The smallest buffer a range stream yields, but for its last: smaller pieces (NAR framing,
+    /// small files) are copied together up to this size, longer chunk slices go out without a
+    /// copy. Default 64 KiB; 0 yields every piece as it is.
+    pub min_buffer_bytes: usize,
 }
 
 impl Default for RenderConfig {
     fn default() -> Self {
-        RenderConfig { table_cache_bytes: 256 << 20, read_ahead: 8 }
+        RenderConfig {
+            table_cache_bytes: 256 << 20,
+            read_ahead: 8,
+            cached_range_chunks: 16,
+            min_buffer_bytes: 64 << 10,
+        }
+    }
+}
+
+impl RenderConfig {
+    /// The options of a stream whose first `cached_chunks` chunks are kept in the chunk cache.
+    fn stream_options(&self, cached_chunks: usize) -> StreamOptions {
+        StreamOptions { read_ahead: self.read_ahead, cached_chunks, min_buffer: self.min_buffer_bytes }
     }
 }
 
@@ -135,7 +158,7 @@ impl Default for RenderConfig {
 pub struct Renderer {
     chunks: ChunkStore,
     tables: moka::future::Cache<[u8; 32], Arc<SegmentTable>>,
-    read_ahead: usize,
+    config: RenderConfig,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -151,7 +174,7 @@ impl Renderer {
             .weigher(|_k: &[u8; 32], t: &Arc<SegmentTable>| u32::try_from(t.weight()).unwrap_or(u32::MAX))
             .max_capacity(config.table_cache_bytes)
             .build();
-        Renderer { chunks, tables, read_ahead: config.read_ahead }
+        Renderer { chunks, tables, config }
     }
 
     /// The segment table of the NAR with `nar_hash`: from the cache, or built from its record with
@@ -170,7 +193,8 @@ impl Renderer {
 
     /// A seekable reader of the NAR with `nar_hash`.
     pub async fn open(&self, nar_hash: &[u8; 32]) -> Result<NarReader, RenderError> {
-        Ok(NarReader::new(self.table(nar_hash).await?, self.chunks.clone(), self.read_ahead))
+        let options = self.config.stream_options(self.config.cached_range_chunks);
+        Ok(NarReader::new(self.table(nar_hash).await?, self.chunks.clone(), options))
     }
 
     /// The NAR listing (`<storehash>.ls` JSON) of the NAR with `nar_hash`, from its record.
@@ -180,12 +204,16 @@ impl Renderer {
     }
 
     /// Bytes `range` of the NAR with `nar_hash`, as a stream (the range is clamped to the NAR).
+    /// A range of more than [`RenderConfig::cached_range_chunks`] chunks reads through the chunk
+    /// cache. Dropping the stream stops its chunk fetches.
     pub async fn range(
         &self,
         nar_hash: &[u8; 32],
         range: Range<u64>,
     ) -> Result<BoxStream<'static, Result<Bytes, RenderError>>, RenderError> {
         let table = self.table(nar_hash).await?;
-        Ok(stream::render_range(table, self.chunks.clone(), range, self.read_ahead))
+        let covering = stream::chunks_covering(&table, &range).len();
+        let cached = if covering <= self.config.cached_range_chunks { covering } else { 0 };
+        Ok(stream::render_range(table, self.chunks.clone(), range, self.config.stream_options(cached)))
     }
 }

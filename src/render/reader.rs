@@ -1,8 +1,9 @@
 //! A NAR as an `AsyncRead + AsyncSeek`: any offset, by binary search, with read-ahead.
 //!
 //! A seek only moves the position (checked arithmetic: an overflow or a negative position is an
-//! error, never a panic); the next read starts a fresh [`render_range`] stream from there. Chunks
-//! already read come from the chunk cache, so seeking within a chunk costs no backend request.
+//! error, never a panic); the next read starts a fresh [`render_range`] stream from there. The
+//! first chunks read after a seek are kept in the chunk cache, so seeking within them costs no
+//! backend request; a long sequential read goes on through the cache without filling it.
 
 use std::io::{self, SeekFrom};
 use std::pin::Pin;
@@ -15,14 +16,14 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 use super::RenderError;
 use super::segment::SegmentTable;
-use super::stream::render_range;
+use super::stream::{StreamOptions, render_range};
 use crate::castore::ChunkStore;
 
 /// A seekable reader of one NAR.
 pub struct NarReader {
     table: Arc<SegmentTable>,
     store: ChunkStore,
-    read_ahead: usize,
+    options: StreamOptions,
     pos: u64,
     stream: Option<BoxStream<'static, Result<Bytes, RenderError>>>,
     pending: Bytes,
@@ -35,9 +36,10 @@ impl std::fmt::Debug for NarReader {
 }
 
 impl NarReader {
-    /// A reader at offset 0 of the NAR of `table`.
-    pub fn new(table: Arc<SegmentTable>, store: ChunkStore, read_ahead: usize) -> Self {
-        NarReader { table, store, read_ahead, pos: 0, stream: None, pending: Bytes::new() }
+    /// A reader at offset 0 of the NAR of `table`. Each seek starts a stream with `options`
+    /// (their `cached_chunks` count from the position sought).
+    pub fn new(table: Arc<SegmentTable>, store: ChunkStore, options: StreamOptions) -> Self {
+        NarReader { table, store, options, pos: 0, stream: None, pending: Bytes::new() }
     }
 
     /// The NAR's size.
@@ -58,7 +60,7 @@ impl AsyncRead for NarReader {
                 return Poll::Ready(Ok(()));
             }
             let stream = this.stream.get_or_insert_with(|| {
-                render_range(this.table.clone(), this.store.clone(), this.pos..u64::MAX, this.read_ahead)
+                render_range(this.table.clone(), this.store.clone(), this.pos..u64::MAX, this.options)
             });
             match stream.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,

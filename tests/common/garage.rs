@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nargate::backend::DynBackend;
-use nargate::backend::s3::{S3Backend, S3Config};
+use nargate::backend::s3::{ConnectionMode, S3Backend, S3Config};
 
 /// The region Garage signs for.
 const REGION: &str = "garage";
@@ -173,7 +173,7 @@ admin_token = "{token}"
             secret_access_key: Some(self.secret_key.clone()),
             prefix: None,
             max_attempts: 3,
-            reuse_connections: true,
+            connections: ConnectionMode::default(),
             connect_timeout: None,
             operation_timeout: None,
         }
