@@ -94,32 +94,32 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
 fn serve_on_the_embedded_store_reached_by_curl_and_the_aws_cli() {
     let data = tempfile::tempdir().unwrap();
     let data_arg = data.path().to_str().unwrap();
-    nargate(&["import", "--data", data_arg, "--bucket", "c", fixtures().join("cache-xz").to_str().unwrap()]);
-    nargate(&["bucket", "set", "--data", data_arg, "c", "--anonymous-read"]);
+    nargate(&["import", "--data", data_arg, "--bucket", "nix", fixtures().join("cache-xz").to_str().unwrap()]);
+    nargate(&["bucket", "set", "--data", data_arg, "nix", "--anonymous-read"]);
     let server = serve(data.path());
 
     // Anonymous reads of a public bucket, with curl.
-    let (status, body) = curl(&format!("{}/c/nix-cache-info", server.endpoint));
+    let (status, body) = curl(&format!("{}/nix/nix-cache-info", server.endpoint));
     assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"));
     let (status, _) = curl(&format!("{}/health", server.endpoint));
     assert_eq!(status, 200);
 
     // The aws cli lists the bucket and copies NARs out, equal to the fixtures.
-    let listing = String::from_utf8(server.aws(&["s3", "ls", "s3://c/"]).stdout).unwrap();
+    let listing = String::from_utf8(server.aws(&["s3", "ls", "s3://nix/"]).stdout).unwrap();
     for name in ["nix-cache-info", "PRE nar/", "PRE store/"] {
         assert!(listing.contains(name), "{listing}");
     }
-    let recursive = String::from_utf8(server.aws(&["s3", "ls", "--recursive", "s3://c/nar/"]).stdout).unwrap();
+    let recursive = String::from_utf8(server.aws(&["s3", "ls", "--recursive", "s3://nix/nar/"]).stdout).unwrap();
     assert_eq!(recursive.lines().count(), fixture_nars().len(), "{recursive}");
     for (store_path, nar_hash, nar) in fixture_nars() {
-        let out = server.aws(&["s3", "cp", &format!("s3://c/nar/{nar_hash}.nar"), "-"]);
+        let out = server.aws(&["s3", "cp", &format!("s3://nix/nar/{nar_hash}.nar"), "-"]);
         assert!(out.stdout == nar, "aws s3 cp of {store_path}");
         let base = store_path.strip_prefix("/nix/store/").unwrap();
-        let out = server.aws(&["s3", "cp", &format!("s3://c/store/{base}.nar"), "-"]);
+        let out = server.aws(&["s3", "cp", &format!("s3://nix/store/{base}.nar"), "-"]);
         assert!(out.stdout == nar, "aws s3 cp of store/{base}.nar");
     }
     let buckets = String::from_utf8(server.aws(&["s3", "ls"]).stdout).unwrap();
-    assert!(buckets.contains(" c\n") || buckets.trim_end().ends_with(" c"), "{buckets}");
+    assert!(buckets.contains(" nix\n") || buckets.trim_end().ends_with(" nix"), "{buckets}");
 
     // A second start over the same store generates no new key pair.
     drop(server);

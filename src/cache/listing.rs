@@ -108,7 +108,7 @@ fn is_after(after: Option<&After>, item: &Item) -> bool {
     match (after, item) {
         (None, _) => true,
         (Some(After::Key(k)), item) => item.name() > k.as_str() || matches!(item, Item::Prefix(p) if k.starts_with(p.as_str()) && k != p),
-        (Some(After::Prefix(p)), item) => !item.name().starts_with(p.as_str()),
+        (Some(After::Prefix(p)), item) => item.name() > p.as_str() && !item.name().starts_with(p.as_str()),
     }
 }
 
@@ -383,5 +383,7 @@ mod tests {
         assert!(is_after(Some(&After::Key("a/1".into())), &Item::Prefix("a/".into())));
         assert!(!is_after(Some(&After::Prefix("a/".into())), &Item::Prefix("a/".into())));
         assert!(!is_after(Some(&After::Prefix("a/".into())), &key("a/x")));
+        assert!(!is_after(Some(&After::Prefix("b/".into())), &key("a")));
+        assert!(is_after(Some(&After::Prefix("b/".into())), &key("c")));
     }
 }

@@ -302,7 +302,9 @@ fn header_range(headers: &HeaderMap, whole_part: bool) -> Option<super::conditio
 /// 416, saying how large the object is.
 fn invalid_range(size: u64) -> S3Error {
     let mut e = S3Error::with_message(S3ErrorCode::InvalidRange, "The requested range is not satisfiable");
+    // s3s replaces the error response's headers by these: keep it an XML error.
     let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
         headers.insert(http::header::CONTENT_RANGE, value);
     }
