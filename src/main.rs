@@ -31,10 +31,10 @@ struct Cli {
 #[derive(Debug, Args)]
 struct StoreArgs {
     /// The configuration file (TOML; `config/nargate.toml` shows every option).
-    #[arg(long, env = "NARGATE_CONFIG")]
+    #[arg(long, env = "NARGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Use the embedded store in this directory (overrides the configured backend).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data: Option<PathBuf>,
 }
 
