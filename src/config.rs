@@ -788,7 +788,9 @@ mod tests {
         assert_eq!(config.render_config().table_cache_bytes, 1000);
         let mapped = s3.to_s3_config();
         assert_eq!(mapped.secret_access_key.as_deref(), Some("backend-secret"));
-        assert!(mapped.connections == Connections::NewPerRequest && mapped.path_style && mapped.max_attempts == 5);
+        assert!(
+            mapped.connections == Connections::NewPerRequest && mapped.path_style && mapped.max_attempts == 5
+        );
         assert_eq!(mapped.prefix.as_deref(), Some("nargate/"));
     }
 

@@ -166,7 +166,8 @@ mod failure {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let filter = std::env::var("NARGATE_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let filter =
+        std::env::var("NARGATE_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -210,7 +211,8 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    let generated = CredentialStore::new(backend.clone()).ensure_initial(config.client_key_pair().as_ref()).await?;
+    let generated =
+        CredentialStore::new(backend.clone()).ensure_initial(config.client_key_pair().as_ref()).await?;
     for (name, settings) in &config.buckets {
         apply_settings(&Cache::new(backend.clone(), name), settings, false).await?;
     }
@@ -243,9 +245,16 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
         }
     };
     println!("aws cli:  AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY=… aws --endpoint-url {endpoint} s3 ls");
-    println!("rclone:   rclone config create nargate s3 provider=Other endpoint={endpoint} access_key_id={id} secret_access_key=…");
-    println!("nix:      nix copy --from {endpoint}/<bucket> … (a netrc with `machine {}` login {id} password …)", host_of(&endpoint));
-    println!("          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>");
+    println!(
+        "rclone:   rclone config create nargate s3 provider=Other endpoint={endpoint} access_key_id={id} secret_access_key=…"
+    );
+    println!(
+        "nix:      nix copy --from {endpoint}/<bucket> … (a netrc with `machine {}` login {id} password …)",
+        host_of(&endpoint)
+    );
+    println!(
+        "          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>"
+    );
     let gateway = Gateway::new(backend, options);
     nargate::gateway::serve(listener, gateway, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -263,11 +272,9 @@ fn host_of(endpoint: &str) -> &str {
 fn describe_backend(backend: &BackendConfig) -> String {
     match backend {
         BackendConfig::Fs { dir } => format!("embedded store in {}", dir.display()),
-        BackendConfig::S3(s3) => format!(
-            "S3 bucket {} at {}",
-            s3.bucket,
-            s3.endpoint.as_deref().unwrap_or("AWS")
-        ),
+        BackendConfig::S3(s3) => {
+            format!("S3 bucket {} at {}", s3.bucket, s3.endpoint.as_deref().unwrap_or("AWS"))
+        }
     }
 }
 
@@ -304,7 +311,13 @@ async fn import(store: &StoreArgs, bucket: &str, caches: &[PathBuf]) -> Result<(
     Ok(())
 }
 
-async fn cat(store: &StoreArgs, bucket: &str, store_path: &str, offset: u64, length: Option<u64>) -> Result<()> {
+async fn cat(
+    store: &StoreArgs,
+    bucket: &str,
+    store_path: &str,
+    offset: u64,
+    length: Option<u64>,
+) -> Result<()> {
     let (config, backend) = open_store(store).await?;
     let cache = Cache::new(backend.clone(), bucket);
     let base = store_path.strip_prefix("/nix/store/").unwrap_or(store_path);
@@ -338,7 +351,12 @@ async fn credentials(store: &StoreArgs, action: CredentialsAction) -> Result<()>
         }
         CredentialsAction::List => {
             for info in credentials.list().await? {
-                println!("{}\t{}\t{}", info.access_key_id, info.created, info.description.unwrap_or_default());
+                println!(
+                    "{}\t{}\t{}",
+                    info.access_key_id,
+                    info.created,
+                    info.description.unwrap_or_default()
+                );
             }
         }
         CredentialsAction::Delete { access_key_id } => {

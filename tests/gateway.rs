@@ -65,7 +65,13 @@ fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
 }
 
 async fn get_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    let out = client.get_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
     out.body.collect().await.unwrap().into_bytes().to_vec()
 }
 
@@ -118,14 +124,23 @@ async fn virtual_keys_read_back_as_nix_wrote_them(backend: DynBackend) -> TestRe
             assert_eq!(out.content_length(), Some(nar.len() as i64));
             assert_eq!(out.accept_ranges(), Some("bytes"));
             assert_eq!(out.e_tag(), Some(format!("\"{}\"", md5_hex(&nar)).as_str()));
-            assert!(out.body.collect().await.unwrap().into_bytes() == nar, "{key} differs from the fixture NAR");
+            assert!(
+                out.body.collect().await.unwrap().into_bytes() == nar,
+                "{key} differs from the fixture NAR"
+            );
         }
         let hash = &base[..32];
         let wrong = format!("store/{hash}-not-its-name.nar");
-        assert_eq!(failure(client.get_object().bucket("nix").key(&wrong).send().await), (404, "NoSuchKey".into()));
+        assert_eq!(
+            failure(client.get_object().bucket("nix").key(&wrong).send().await),
+            (404, "NoSuchKey".into())
+        );
     }
     let missing = "nar/0000000000000000000000000000000000000000000000000000.nar";
-    assert_eq!(failure(client.get_object().bucket("nix").key(missing).send().await), (404, "NoSuchKey".into()));
+    assert_eq!(
+        failure(client.get_object().bucket("nix").key(missing).send().await),
+        (404, "NoSuchKey".into())
+    );
     let upload_key = format!("nar/{}.nar.xz", fixture_nars()[0].1);
     assert_eq!(failure(client.head_object().bucket("nix").key(&upload_key).send().await).0, 404);
 
@@ -143,8 +158,14 @@ async fn virtual_keys_read_back_as_nix_wrote_them(backend: DynBackend) -> TestRe
     gw.import("other", false, &[]).await;
     let (_, nar_hash, _) = &fixture_nars()[0];
     let key = format!("nar/{nar_hash}.nar");
-    assert_eq!(failure(client.get_object().bucket("other").key(&key).send().await), (404, "NoSuchKey".into()));
-    assert_eq!(failure(client.get_object().bucket("nope").key(&key).send().await), (404, "NoSuchBucket".into()));
+    assert_eq!(
+        failure(client.get_object().bucket("other").key(&key).send().await),
+        (404, "NoSuchKey".into())
+    );
+    assert_eq!(
+        failure(client.get_object().bucket("nope").key(&key).send().await),
+        (404, "NoSuchBucket".into())
+    );
 }
 
 /// xorshift, for reproducible offsets.
@@ -166,7 +187,8 @@ async fn ranges_at_any_offset(backend: DynBackend) -> TestResult {
     for _ in 0..24 {
         let a = next(&mut seed) % len;
         let b = (a + next(&mut seed) % 300_000).min(len - 1);
-        let out = client.get_object().bucket("nix").key(&key).range(format!("bytes={a}-{b}")).send().await.unwrap();
+        let out =
+            client.get_object().bucket("nix").key(&key).range(format!("bytes={a}-{b}")).send().await.unwrap();
         assert_eq!(out.content_range(), Some(format!("bytes {a}-{b}/{len}").as_str()));
         assert_eq!(out.content_length(), Some((b - a + 1) as i64));
         let body = out.body.collect().await.unwrap().into_bytes();
@@ -174,7 +196,14 @@ async fn ranges_at_any_offset(backend: DynBackend) -> TestResult {
     }
     let out = client.get_object().bucket("nix").key(&key).range("bytes=-100").send().await.unwrap();
     assert!(out.body.collect().await.unwrap().into_bytes()[..] == nar[nar.len() - 100..]);
-    let out = client.get_object().bucket("nix").key(&key).range(format!("bytes={}-", len - 5)).send().await.unwrap();
+    let out = client
+        .get_object()
+        .bucket("nix")
+        .key(&key)
+        .range(format!("bytes={}-", len - 5))
+        .send()
+        .await
+        .unwrap();
     assert!(out.body.collect().await.unwrap().into_bytes()[..] == nar[nar.len() - 5..]);
     let past = client.get_object().bucket("nix").key(&key).range(format!("bytes={len}-")).send().await;
     assert_eq!(failure(past), (416, "InvalidRange".into()));
@@ -231,9 +260,18 @@ async fn preconditions(backend: DynBackend) -> TestResult {
         assert_eq!(status(&gw, &path, vec![("If-Modified-Since", earlier.clone())]).await, 200);
         assert_eq!(status(&gw, &path, vec![("If-Unmodified-Since", earlier.clone())]).await, 412);
         assert_eq!(status(&gw, &path, vec![("If-Unmodified-Since", later.clone())]).await, 200);
-        assert_eq!(status(&gw, &path, vec![("Range", "bytes=0-3".into()), ("If-Range", etag.clone())]).await, 206);
-        assert_eq!(status(&gw, &path, vec![("Range", "bytes=0-3".into()), ("If-Range", "\"x\"".into())]).await, 200);
-        assert_eq!(status(&gw, &path, vec![("Range", "bytes=0-3".into()), ("If-Range", modified.clone())]).await, 206);
+        assert_eq!(
+            status(&gw, &path, vec![("Range", "bytes=0-3".into()), ("If-Range", etag.clone())]).await,
+            206
+        );
+        assert_eq!(
+            status(&gw, &path, vec![("Range", "bytes=0-3".into()), ("If-Range", "\"x\"".into())]).await,
+            200
+        );
+        assert_eq!(
+            status(&gw, &path, vec![("Range", "bytes=0-3".into()), ("If-Range", modified.clone())]).await,
+            206
+        );
         let not_modified = gw.http("GET", &path, &[("If-None-Match", &etag)]).await;
         assert!(not_modified.body.is_empty());
         assert_eq!(not_modified.header("etag"), Some(etag.as_str()));
@@ -241,7 +279,15 @@ async fn preconditions(backend: DynBackend) -> TestResult {
     // The aws cli reads big objects in ranges with If-Match: the SDK's way works too.
     let client = gw.client();
     let key = format!("nar/{nar_hash}.nar");
-    let out = client.get_object().bucket("open").key(&key).if_match(&etag).range("bytes=8-15").send().await.unwrap();
+    let out = client
+        .get_object()
+        .bucket("open")
+        .key(&key)
+        .if_match(&etag)
+        .range("bytes=8-15")
+        .send()
+        .await
+        .unwrap();
     assert!(out.body.collect().await.unwrap().into_bytes()[..] == nar[8..16]);
     let stale = client.get_object().bucket("open").key(&key).if_match("\"00\"").send().await;
     assert_eq!(failure(stale), (412, "PreconditionFailed".into()));
@@ -251,9 +297,17 @@ async fn listings_merge_and_paginate(backend: DynBackend) -> TestResult {
     let gw = start(backend).await;
     gw.import("nix", false, &["cache-bzip2"]).await;
     let client = gw.client();
-    let plain = ["log/abc-hello.drv", "log/def-app.drv", "debuginfo/0123.debug", "a key with spaces ü", "zzz"];
+    let plain =
+        ["log/abc-hello.drv", "log/def-app.drv", "debuginfo/0123.debug", "a key with spaces ü", "zzz"];
     for key in plain {
-        client.put_object().bucket("nix").key(key).body(ByteStream::from_static(b"plain")).send().await.unwrap();
+        client
+            .put_object()
+            .bucket("nix")
+            .key(key)
+            .body(ByteStream::from_static(b"plain"))
+            .send()
+            .await
+            .unwrap();
     }
     let mut expected: Vec<String> = vec!["nix-cache-info".into()];
     expected.extend(plain.iter().map(|k| k.to_string()));
@@ -318,12 +372,16 @@ async fn listings_merge_and_paginate(backend: DynBackend) -> TestResult {
     assert_eq!(nar_page.contents().len(), fixture_nars().len());
     let after = client.list_objects_v2().bucket("nix").start_after("nix-cache-info").send().await.unwrap();
     let after_keys: Vec<String> = after.contents().iter().map(|o| o.key().unwrap().to_owned()).collect();
-    assert_eq!(after_keys, expected.iter().filter(|k| k.as_str() > "nix-cache-info").cloned().collect::<Vec<_>>());
+    assert_eq!(
+        after_keys,
+        expected.iter().filter(|k| k.as_str() > "nix-cache-info").cloned().collect::<Vec<_>>()
+    );
 
     // V1, as rclone lists: NextMarker on every truncated page.
     let (mut seen, mut marker) = (vec![], None::<String>);
     loop {
-        let page = client.list_objects().bucket("nix").max_keys(4).set_marker(marker.clone()).send().await.unwrap();
+        let page =
+            client.list_objects().bucket("nix").max_keys(4).set_marker(marker.clone()).send().await.unwrap();
         seen.extend(page.contents().iter().map(|o| o.key().unwrap().to_owned()));
         if page.is_truncated() != Some(true) {
             break;
@@ -335,7 +393,14 @@ async fn listings_merge_and_paginate(backend: DynBackend) -> TestResult {
     // `encoding-type=url`, as the aws cli asks: the raw XML carries encoded keys.
     gw.import("pub", true, &[]).await;
     let public = gw.client();
-    public.put_object().bucket("pub").key("a key with spaces ü").body(ByteStream::from_static(b"x")).send().await.unwrap();
+    public
+        .put_object()
+        .bucket("pub")
+        .key("a key with spaces ü")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
     let reply = gw.http("GET", "/pub?list-type=2&encoding-type=url", &[]).await;
     assert_eq!(reply.status, 200);
     assert!(reply.text().contains("<Key>a%20key%20with%20spaces%20%C3%BC</Key>"), "{}", reply.text());
@@ -369,14 +434,23 @@ async fn plain_objects_keep_their_metadata(backend: DynBackend) -> TestResult {
     assert_eq!(out.cache_control(), Some("max-age=60"));
     assert_eq!(out.content_disposition(), Some("attachment"));
     let metadata = out.metadata().cloned().unwrap_or_default();
-    let expected: HashMap<String, String> =
-        [("origin", "tests"), ("build", "42")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    let expected: HashMap<String, String> = [("origin", "tests"), ("build", "42")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     assert_eq!(metadata, expected);
     assert!(out.body.collect().await.unwrap().into_bytes() == data);
     let head = client.head_object().bucket("nix").key("log/x-hello.drv").send().await.unwrap();
     assert_eq!(head.content_length(), Some(data.len() as i64));
     assert_eq!(head.content_type(), Some("text/plain"));
-    let ranged = client.get_object().bucket("nix").key("log/x-hello.drv").range("bytes=1000-1999").send().await.unwrap();
+    let ranged = client
+        .get_object()
+        .bucket("nix")
+        .key("log/x-hello.drv")
+        .range("bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert!(ranged.body.collect().await.unwrap().into_bytes()[..] == data[1000..2000]);
 
     // Content-MD5 is checked: a wrong one is BadDigest, and nothing is written.
@@ -393,22 +467,31 @@ async fn plain_objects_keep_their_metadata(backend: DynBackend) -> TestResult {
 
     // Too long for the store's prefixes.
     let long = format!("log/{}", "k".repeat(1010));
-    let too_long = client.put_object().bucket("nix").key(&long).body(ByteStream::from_static(b"x")).send().await;
+    let too_long =
+        client.put_object().bucket("nix").key(&long).body(ByteStream::from_static(b"x")).send().await;
     assert_eq!(failure(too_long), (400, "KeyTooLongError".into()));
 
     // Virtual keys are not writable yet (uploads are the next issue); plain deletes are.
-    let narinfo = client.put_object().bucket("nix").key("nix-cache-info").body(ByteStream::from_static(b"x")).send().await;
+    let narinfo = client
+        .put_object()
+        .bucket("nix")
+        .key("nix-cache-info")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
     assert_eq!(failure(narinfo).0, 501);
     client.delete_object().bucket("nix").key("log/x-hello.drv").send().await.unwrap();
-    assert_eq!(failure(client.get_object().bucket("nix").key("log/x-hello.drv").send().await), (404, "NoSuchKey".into()));
+    assert_eq!(
+        failure(client.get_object().bucket("nix").key("log/x-hello.drv").send().await),
+        (404, "NoSuchKey".into())
+    );
     client.delete_object().bucket("nix").key("log/never-there").send().await.unwrap();
 
     for key in ["a", "b", "c"] {
         client.put_object().bucket("nix").key(key).body(ByteStream::from_static(b"1")).send().await.unwrap();
     }
-    let ids = |keys: &[&str]| {
-        let objects = keys.iter().map(|k| ObjectIdentifier::builder().key(*k).build().unwrap()).collect();
-        objects
+    let ids = |keys: &[&str]| -> Vec<ObjectIdentifier> {
+        keys.iter().map(|k| ObjectIdentifier::builder().key(*k).build().unwrap()).collect()
     };
     let verbose = client
         .delete_objects()
@@ -435,12 +518,25 @@ async fn plain_objects_keep_their_metadata(backend: DynBackend) -> TestResult {
 async fn bucket_lifecycle(backend: DynBackend) -> TestResult {
     let gw = start(backend).await;
     let client = gw.client();
-    assert_eq!(failure(client.create_bucket().bucket("Bad_Name").send().await), (400, "InvalidBucketName".into()));
+    assert_eq!(
+        failure(client.create_bucket().bucket("Bad_Name").send().await),
+        (400, "InvalidBucketName".into())
+    );
     client.create_bucket().bucket("cache").send().await.unwrap();
-    assert_eq!(failure(client.create_bucket().bucket("cache").send().await), (409, "BucketAlreadyOwnedByYou".into()));
+    assert_eq!(
+        failure(client.create_bucket().bucket("cache").send().await),
+        (409, "BucketAlreadyOwnedByYou".into())
+    );
     client.create_bucket().bucket("public").acl(BucketCannedAcl::PublicRead).send().await.unwrap();
-    let names: Vec<String> =
-        client.list_buckets().send().await.unwrap().buckets().iter().map(|b| b.name().unwrap().to_owned()).collect();
+    let names: Vec<String> = client
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .map(|b| b.name().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["cache", "public"]);
     client.head_bucket().bucket("cache").send().await.unwrap();
     client.get_bucket_location().bucket("cache").send().await.unwrap();
@@ -450,7 +546,11 @@ async fn bucket_lifecycle(backend: DynBackend) -> TestResult {
     assert_eq!(gw.http("GET", "/public/nix-cache-info", &[]).await.status, 200);
     assert_eq!(gw.http("GET", "/cache/nix-cache-info", &[]).await.status, 403);
     let acl = client.get_bucket_acl().bucket("public").send().await.unwrap();
-    assert!(acl.grants().iter().any(|g| g.grantee().and_then(|e| e.uri()).is_some_and(|u| u.ends_with("AllUsers"))));
+    assert!(
+        acl.grants()
+            .iter()
+            .any(|g| g.grantee().and_then(|e| e.uri()).is_some_and(|u| u.ends_with("AllUsers")))
+    );
     client.put_bucket_acl().bucket("public").acl(BucketCannedAcl::Private).send().await.unwrap();
     let acl = client.get_bucket_acl().bucket("public").send().await.unwrap();
     assert!(!acl.grants().iter().any(|g| g.grantee().and_then(|e| e.uri()).is_some()));
@@ -461,15 +561,29 @@ async fn bucket_lifecycle(backend: DynBackend) -> TestResult {
     // A bucket holding a store path or a plain object is not empty; nix-cache-info does not count.
     gw.import("full", false, &["cache-none"]).await;
     assert_eq!(failure(client.delete_bucket().bucket("full").send().await), (409, "BucketNotEmpty".into()));
-    client.put_object().bucket("cache").key("log/x").body(ByteStream::from_static(b"x")).send().await.unwrap();
+    client
+        .put_object()
+        .bucket("cache")
+        .key("log/x")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(failure(client.delete_bucket().bucket("cache").send().await), (409, "BucketNotEmpty".into()));
     client.delete_object().bucket("cache").key("log/x").send().await.unwrap();
     client.delete_bucket().bucket("cache").send().await.unwrap();
     client.delete_bucket().bucket("public").send().await.unwrap();
     assert_eq!(failure(client.head_bucket().bucket("cache").send().await).0, 404);
     assert_eq!(failure(client.delete_bucket().bucket("cache").send().await), (404, "NoSuchBucket".into()));
-    let names: Vec<String> =
-        client.list_buckets().send().await.unwrap().buckets().iter().map(|b| b.name().unwrap().to_owned()).collect();
+    let names: Vec<String> = client
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .map(|b| b.name().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["full"]);
     // A bucket created again is new and empty.
     client.create_bucket().bucket("cache").send().await.unwrap();
@@ -494,7 +608,10 @@ async fn auth_signed_anonymous_basic_presigned(backend: DynBackend) -> TestResul
 
     // A wrong secret, an unknown key.
     let wrong = gw.client_with(&gw.keys.access_key_id, "not-the-secret-at-all");
-    assert_eq!(failure(wrong.get_object().bucket("private").key(&key).send().await), (403, "SignatureDoesNotMatch".into()));
+    assert_eq!(
+        failure(wrong.get_object().bucket("private").key(&key).send().await),
+        (403, "SignatureDoesNotMatch".into())
+    );
     let unknown = gw.client_with("NGUNKNOWNKEY00000000", "whatever-secret");
     assert_eq!(failure(unknown.head_bucket().bucket("private").send().await).0, 403);
 
@@ -533,7 +650,13 @@ async fn auth_signed_anonymous_basic_presigned(backend: DynBackend) -> TestResul
     assert_eq!(gw.http("GET", &tampered, &[]).await.status, 403);
 
     // POST form uploads are refused before their bodies are read; /health answers.
-    let post = gw.http("POST", "/private", &[("Content-Type", "multipart/form-data; boundary=x"), ("Content-Length", "0")]).await;
+    let post = gw
+        .http(
+            "POST",
+            "/private",
+            &[("Content-Type", "multipart/form-data; boundary=x"), ("Content-Length", "0")],
+        )
+        .await;
     assert_eq!(post.status, 501);
     let health = gw.http("GET", "/health", &[]).await;
     assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
@@ -549,11 +672,25 @@ async fn two_gateways_on_one_garage_agree() {
     // The second gateway accepts the first one's key pair, and the other way round.
     let via_second = second.client_with(&first.keys.access_key_id, &first.keys.secret_access_key);
     via_second.head_bucket().bucket("shared").send().await.unwrap();
-    via_second.put_object().bucket("shared").key("log/x").body(ByteStream::from_static(b"hi")).send().await.unwrap();
+    via_second
+        .put_object()
+        .bucket("shared")
+        .key("log/x")
+        .body(ByteStream::from_static(b"hi"))
+        .send()
+        .await
+        .unwrap();
     let via_first = first.client_with(&second.keys.access_key_id, &second.keys.secret_access_key);
     assert_eq!(get_bytes(&via_first, "shared", "log/x").await, b"hi");
-    let names: Vec<String> =
-        via_first.list_buckets().send().await.unwrap().buckets().iter().map(|b| b.name().unwrap().to_owned()).collect();
+    let names: Vec<String> = via_first
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .map(|b| b.name().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["shared"]);
 }
 
@@ -579,7 +716,12 @@ async fn requests_per_read_are_counted() {
     assert_eq!(counting.gets_with_prefix("nars/"), 1, "{:?}", counting.requests());
     assert_eq!(counting.gets_with_prefix("chunks/"), chunks as u64, "{:?}", counting.requests());
     assert_eq!(counting.gets_with_prefix("caches/nix/bucket"), 1, "{:?}", counting.requests());
-    assert_eq!(counts.total(), 3 + chunks as u64 + counting.gets_with_prefix("credentials/"), "{:?}", counting.requests());
+    assert_eq!(
+        counts.total(),
+        3 + chunks as u64 + counting.gets_with_prefix("credentials/"),
+        "{:?}",
+        counting.requests()
+    );
 
     // Warm: the same GET again costs the chunks at most (they are cached too).
     counting.reset();

@@ -63,7 +63,10 @@ fn serve(data: &Path) -> Server {
 
 impl Server {
     fn aws(&self, args: &[&str]) -> std::process::Output {
-        assert!(Path::new(AWS).is_file(), "{AWS} is missing: install Debian's awscli with .ci/install-tools.sh");
+        assert!(
+            Path::new(AWS).is_file(),
+            "{AWS} is missing: install Debian's awscli with .ci/install-tools.sh"
+        );
         let out = Command::new(AWS)
             .args(["--endpoint-url", &self.endpoint, "--region", "us-east-1"])
             .args(args)
@@ -94,13 +97,23 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
 fn serve_on_the_embedded_store_reached_by_curl_and_the_aws_cli() {
     let data = tempfile::tempdir().unwrap();
     let data_arg = data.path().to_str().unwrap();
-    nargate(&["import", "--data", data_arg, "--bucket", "nix", fixtures().join("cache-xz").to_str().unwrap()]);
+    nargate(&[
+        "import",
+        "--data",
+        data_arg,
+        "--bucket",
+        "nix",
+        fixtures().join("cache-xz").to_str().unwrap(),
+    ]);
     nargate(&["bucket", "set", "--data", data_arg, "nix", "--anonymous-read"]);
     let server = serve(data.path());
 
     // Anonymous reads of a public bucket, with curl.
     let (status, body) = curl(&format!("{}/nix/nix-cache-info", server.endpoint));
-    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"));
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")
+    );
     let (status, _) = curl(&format!("{}/health", server.endpoint));
     assert_eq!(status, 200);
 
@@ -109,7 +122,8 @@ fn serve_on_the_embedded_store_reached_by_curl_and_the_aws_cli() {
     for name in ["nix-cache-info", "PRE nar/", "PRE store/"] {
         assert!(listing.contains(name), "{listing}");
     }
-    let recursive = String::from_utf8(server.aws(&["s3", "ls", "--recursive", "s3://nix/nar/"]).stdout).unwrap();
+    let recursive =
+        String::from_utf8(server.aws(&["s3", "ls", "--recursive", "s3://nix/nar/"]).stdout).unwrap();
     assert_eq!(recursive.lines().count(), fixture_nars().len(), "{recursive}");
     for (store_path, nar_hash, nar) in fixture_nars() {
         let out = server.aws(&["s3", "cp", &format!("s3://nix/nar/{nar_hash}.nar"), "-"]);

@@ -276,7 +276,10 @@ pub async fn get_bytes(backend: &dyn Backend, key: &str) -> Result<Bytes, Backen
 }
 
 /// Reads a whole object into memory, with its metadata.
-pub async fn get_bytes_with_meta(backend: &dyn Backend, key: &str) -> Result<(Bytes, ObjectMeta), BackendError> {
+pub async fn get_bytes_with_meta(
+    backend: &dyn Backend,
+    key: &str,
+) -> Result<(Bytes, ObjectMeta), BackendError> {
     let result = backend.get(key, None).await?;
     let meta = result.meta.clone();
     Ok((result.bytes().await?, meta))

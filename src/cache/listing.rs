@@ -107,7 +107,9 @@ fn rollup(query: &ListQuery, key: &str) -> Option<String> {
 fn is_after(after: Option<&After>, item: &Item) -> bool {
     match (after, item) {
         (None, _) => true,
-        (Some(After::Key(k)), item) => item.name() > k.as_str() || matches!(item, Item::Prefix(p) if k.starts_with(p.as_str()) && k != p),
+        (Some(After::Key(k)), item) => {
+            item.name() > k.as_str() || matches!(item, Item::Prefix(p) if k.starts_with(p.as_str()) && k != p)
+        }
         (Some(After::Prefix(p)), item) => item.name() > p.as_str() && !item.name().starts_with(p.as_str()),
     }
 }
@@ -209,7 +211,8 @@ impl<'a> IndexStream<'a> {
             let index_prefix = self.keys.index_prefix();
             let mut entries = vec![];
             for object in page.objects {
-                let Some(entry) = object.key.strip_prefix(index_prefix.as_str()).and_then(IndexEntry::parse) else {
+                let Some(entry) = object.key.strip_prefix(index_prefix.as_str()).and_then(IndexEntry::parse)
+                else {
                     tracing::warn!(key = %object.key, "skipping a malformed listing-index entry");
                     continue;
                 };
@@ -238,11 +241,8 @@ impl<'a> IndexStream<'a> {
         if let Some(Item::Object(last)) = self.buffer.back_mut()
             && last.key == meta.key
         {
-            let older = if meta.last_modified >= last.last_modified {
-                std::mem::replace(last, meta)
-            } else {
-                meta
-            };
+            let older =
+                if meta.last_modified >= last.last_modified { std::mem::replace(last, meta) } else { meta };
             self.stale.push(self.keys.index_entry(&older.key, older.size, &older.etag));
             return;
         }
@@ -277,11 +277,7 @@ pub async fn list(
     let mut listing = Listing::default();
     let mut last: Option<Item> = None;
     loop {
-        let candidates = [
-            raw.peek().await?.cloned(),
-            index.peek().await?.cloned(),
-            extra.front().cloned(),
-        ];
+        let candidates = [raw.peek().await?.cloned(), index.peek().await?.cloned(), extra.front().cloned()];
         let Some(next) = candidates.iter().flatten().min_by(|a, b| a.name().cmp(b.name())).cloned() else {
             break;
         };
@@ -321,7 +317,11 @@ pub async fn list(
 
 /// The newest listing-index entry of the visible key `key`, as [`ObjectMeta`] with the entry's
 /// time; older entries of the key are removed. One backend LIST.
-pub async fn visible(backend: &DynBackend, keys: &CacheKeys, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
+pub async fn visible(
+    backend: &DynBackend,
+    keys: &CacheKeys,
+    key: &str,
+) -> Result<Option<ObjectMeta>, BackendError> {
     let prefix = keys.index_entry_prefix(key);
     let page = backend.list(&ListRequest { prefix, ..Default::default() }).await?;
     let index_prefix = keys.index_prefix();
@@ -371,12 +371,14 @@ mod tests {
 
     #[test]
     fn positions_compare() {
-        let key = |k: &str| Item::Object(ObjectMeta {
-            key: k.into(),
-            size: 0,
-            etag: String::new(),
-            last_modified: SystemTime::UNIX_EPOCH,
-        });
+        let key = |k: &str| {
+            Item::Object(ObjectMeta {
+                key: k.into(),
+                size: 0,
+                etag: String::new(),
+                last_modified: SystemTime::UNIX_EPOCH,
+            })
+        };
         assert!(is_after(Some(&After::Key("a".into())), &key("b")));
         assert!(!is_after(Some(&After::Key("b".into())), &key("b")));
         // A prefix holding keys after the start key is still shown.

@@ -93,12 +93,15 @@ pub enum NarInfoOutcome {
 /// Every bucket on `backend`, by name, with the backend's metadata of its record (whose time is
 /// the bucket's creation time). One LIST, and one HEAD per bucket.
 pub async fn list_buckets(backend: &DynBackend) -> Result<Vec<(String, ObjectMeta)>, CommitError> {
-    let mut request = ListRequest { prefix: "caches/".into(), delimiter: Some("/".into()), ..Default::default() };
+    let mut request =
+        ListRequest { prefix: "caches/".into(), delimiter: Some("/".into()), ..Default::default() };
     let mut buckets = vec![];
     loop {
         let page = backend.list(&request).await?;
         for prefix in &page.common_prefixes {
-            let Some(name) = prefix.strip_prefix("caches/").and_then(|p| p.strip_suffix('/')) else { continue };
+            let Some(name) = prefix.strip_prefix("caches/").and_then(|p| p.strip_suffix('/')) else {
+                continue;
+            };
             match backend.head(&CacheKeys::new(name).bucket()).await {
                 Ok(meta) => buckets.push((name.to_owned(), meta)),
                 Err(BackendError::NotFound { .. }) => {}
@@ -281,7 +284,12 @@ impl Cache {
     ) -> Result<ObjectMeta, CommitError> {
         let written = self.put_index_entry(&stale.key, size, etag).await?;
         self.backend.delete(&self.keys.index_entry(&stale.key, stale.size, &stale.etag)).await?;
-        Ok(ObjectMeta { key: stale.key.clone(), size, etag: etag.to_owned(), last_modified: written.last_modified })
+        Ok(ObjectMeta {
+            key: stale.key.clone(),
+            size,
+            etag: etag.to_owned(),
+            last_modified: written.last_modified,
+        })
     }
 
     /// A NAR has been ingested into the store for this cache: records that the cache holds it,
@@ -462,7 +470,11 @@ impl Cache {
     }
 
     /// Reads the plain object `key` (or `range` of it), with its attributes.
-    pub async fn get_plain(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<GetResult, BackendError> {
+    pub async fn get_plain(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<GetResult, BackendError> {
         self.backend.get(&self.plain_key(key)?, range).await
     }
 
@@ -472,7 +484,12 @@ impl Cache {
     }
 
     /// Writes the plain object `key` from a stream (atomically; nothing held whole in memory).
-    pub async fn put_plain(&self, key: &str, body: ByteStream, options: PutOptions) -> Result<ObjectMeta, BackendError> {
+    pub async fn put_plain(
+        &self,
+        key: &str,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
         self.backend.put_stream(&self.plain_key(key)?, body, options).await
     }
 

@@ -153,7 +153,9 @@ mod tests {
         assert_eq!(parse_range("bytes=-5"), Some(RangeSpec::Suffix(5)));
         assert_eq!(parse_range(" bytes= 3 - 4 "), Some(RangeSpec::FromTo(3, 4)));
         // Ignored: several ranges, other units, nonsense.
-        for ignored in ["bytes=0-1,3-4", "items=0-1", "bytes=5-4", "bytes=-", "bytes=a-b", "bytes=+1-2", "0-1"] {
+        for ignored in
+            ["bytes=0-1,3-4", "items=0-1", "bytes=5-4", "bytes=-", "bytes=a-b", "bytes=+1-2", "0-1"]
+        {
             assert_eq!(parse_range(ignored), None, "{ignored}");
         }
         assert_eq!(parse_range("bytes=99999999999999999999999-"), None);
@@ -176,7 +178,9 @@ mod tests {
     #[test]
     fn preconditions_follow_rfc_9110() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let at = |secs: i64| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs((1_700_000_000 + secs) as u64));
+        let at = |secs: i64| {
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs((1_700_000_000 + secs) as u64))
+        };
         let serve = Verdict::Serve { use_range: true };
         assert_eq!(evaluate(&headers(&[]), "e", t), serve);
         assert_eq!(evaluate(&headers(&[("if-match", "\"e\"")]), "e", t), serve);
@@ -190,7 +194,10 @@ mod tests {
         assert_eq!(evaluate(&headers(&[("if-none-match", "\"x\"")]), "e", t), serve);
         assert_eq!(evaluate(&headers(&[("if-modified-since", &at(0))]), "e", t), Verdict::NotModified);
         assert_eq!(evaluate(&headers(&[("if-modified-since", &at(-1))]), "e", t), serve);
-        assert_eq!(evaluate(&headers(&[("if-unmodified-since", &at(-1))]), "e", t), Verdict::PreconditionFailed);
+        assert_eq!(
+            evaluate(&headers(&[("if-unmodified-since", &at(-1))]), "e", t),
+            Verdict::PreconditionFailed
+        );
         assert_eq!(evaluate(&headers(&[("if-unmodified-since", &at(0))]), "e", t), serve);
         // If-Match wins over If-Unmodified-Since, If-None-Match over If-Modified-Since.
         let both = headers(&[("if-match", "\"e\""), ("if-unmodified-since", &at(-10))]);

@@ -15,9 +15,10 @@ use crate::render::RenderError;
 pub fn backend_error(key: &str, e: BackendError) -> S3Error {
     match e {
         BackendError::NotFound { .. } => S3Error::new(S3ErrorCode::NoSuchKey),
-        BackendError::InvalidKey { .. } => {
-            S3Error::with_message(S3ErrorCode::KeyTooLongError, "Your key is too long for this gateway's store.")
-        }
+        BackendError::InvalidKey { .. } => S3Error::with_message(
+            S3ErrorCode::KeyTooLongError,
+            "Your key is too long for this gateway's store.",
+        ),
         BackendError::InvalidRange { .. } => {
             S3Error::with_message(S3ErrorCode::InvalidRange, "The requested range is not satisfiable")
         }
@@ -30,7 +31,10 @@ pub fn backend_error(key: &str, e: BackendError) -> S3Error {
         }
         BackendError::Remote { .. } | BackendError::Io { .. } | BackendError::Injected { .. } => {
             tracing::error!(%key, "backend request failed: {e}");
-            S3Error::with_message(S3ErrorCode::ServiceUnavailable, "The gateway's store did not answer; retry.")
+            S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                "The gateway's store did not answer; retry.",
+            )
         }
     }
 }

@@ -20,7 +20,9 @@ pub struct VirtualHosts {
 impl VirtualHosts {
     /// Virtual hosts under `domains` (none: every request is path-style).
     pub fn new(domains: &[String]) -> Self {
-        VirtualHosts { domains: domains.iter().map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect() }
+        VirtualHosts {
+            domains: domains.iter().map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect(),
+        }
     }
 
     /// The bucket a `Host` header names, or `None` for a path-style request.
@@ -64,7 +66,17 @@ mod tests {
         assert_eq!(hosts.bucket_of("nix.s3.example.org"), Some("nix".into()));
         assert_eq!(hosts.bucket_of("NIX.S3.Example.Org:9000"), Some("nix".into()));
         assert_eq!(hosts.bucket_of("a.b.cache.local"), Some("a.b".into()));
-        for path_style in ["s3.example.org", "s3.example.org:9000", "localhost:9000", "localhost", "127.0.0.1:9000", "[::1]:9000", "evils3.example.org", ".s3.example.org", "other.net"] {
+        for path_style in [
+            "s3.example.org",
+            "s3.example.org:9000",
+            "localhost:9000",
+            "localhost",
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "evils3.example.org",
+            ".s3.example.org",
+            "other.net",
+        ] {
             assert_eq!(hosts.bucket_of(path_style), None, "{path_style}");
         }
         assert_eq!(VirtualHosts::new(&[]).bucket_of("nix.s3.example.org"), None);

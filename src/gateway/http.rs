@@ -29,7 +29,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `gateway` on `listener` until `shutdown` completes, then lets requests in flight finish
 /// (for up to ten seconds).
-pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let s3 = gateway.s3_service();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -73,12 +77,16 @@ pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: impl Futur
 fn request_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| crate::cache::now_secs());
+    let start = *START.get_or_init(crate::cache::now_secs);
     format!("{start:08X}{:08X}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// One request, through this layer and s3s.
-async fn handle(gateway: &Gateway, s3: &S3Service, mut req: Request<Incoming>) -> Result<Response<Body>, s3s::HttpError> {
+async fn handle(
+    gateway: &Gateway,
+    s3: &S3Service,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, s3s::HttpError> {
     let id = request_id();
     let response = match screen(gateway, &mut req).await {
         Ok(Some(response)) => response,
@@ -97,8 +105,13 @@ async fn screen(gateway: &Gateway, req: &mut Request<Incoming>) -> Result<Option
     }
     if *req.method() == Method::POST {
         let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        if content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("multipart/form-data")) {
-            return Err(S3Error::with_message(S3ErrorCode::NotImplemented, "POST form uploads are not supported"));
+        if content_type
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"))
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NotImplemented,
+                "POST form uploads are not supported",
+            ));
         }
     }
     let mut authorizations = req.headers().get_all(http::header::AUTHORIZATION).iter();
@@ -118,10 +131,16 @@ async fn screen(gateway: &Gateway, req: &mut Request<Incoming>) -> Result<Option
         .ok_or_else(|| S3Error::with_message(S3ErrorCode::InvalidArgument, "malformed Basic credentials"))?;
     let (id, secret) = decoded.split_once(':').unwrap_or((&decoded, ""));
     let Some(expected) = gateway.secret(id).await? else {
-        return Err(S3Error::with_message(S3ErrorCode::InvalidAccessKeyId, "The access key id you provided does not exist in our records."));
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidAccessKeyId,
+            "The access key id you provided does not exist in our records.",
+        ));
     };
     if !constant_time_eq(expected.as_bytes(), secret.as_bytes()) {
-        return Err(S3Error::with_message(S3ErrorCode::SignatureDoesNotMatch, "The secret you provided is not this key's"));
+        return Err(S3Error::with_message(
+            S3ErrorCode::SignatureDoesNotMatch,
+            "The secret you provided is not this key's",
+        ));
     }
     req.headers_mut().remove(http::header::AUTHORIZATION);
     req.extensions_mut().insert(BasicAuthenticated { access_key_id: id.to_owned() });
@@ -152,10 +171,15 @@ fn with_request_id(response: Response<Body>, id: &str) -> Response<Body> {
         parts.headers.insert("x-amz-request-id", value);
     }
     let is_error_xml = parts.status.as_u16() >= 400
-        && parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/xml"));
+        && parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/xml"));
     if is_error_xml && let Some(bytes) = body.bytes() {
         let text = String::from_utf8_lossy(&bytes);
-        if !text.contains("<RequestId>") && let Some(at) = text.rfind("</Error>") {
+        if !text.contains("<RequestId>")
+            && let Some(at) = text.rfind("</Error>")
+        {
             let with_id = format!("{}<RequestId>{id}</RequestId>{}", &text[..at], &text[at..]);
             parts.headers.remove(http::header::CONTENT_LENGTH);
             body = Body::from(with_id);

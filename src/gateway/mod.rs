@@ -149,7 +149,13 @@ struct ReadRoute(Gateway);
 
 #[async_trait::async_trait]
 impl S3Route for ReadRoute {
-    fn is_match(&self, method: &Method, uri: &Uri, headers: &HeaderMap, extensions: &mut ::http::Extensions) -> bool {
+    fn is_match(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        extensions: &mut ::http::Extensions,
+    ) -> bool {
         if !matches!(*method, Method::GET | Method::HEAD) || !read::is_object_read(uri) {
             return false;
         }

@@ -67,7 +67,8 @@ pub fn is_object_read(uri: &Uri) -> bool {
 
 /// The decoded name/value pairs of a URI's query.
 fn query_pairs(uri: &Uri) -> impl Iterator<Item = (String, String)> + '_ {
-    let decode = |s: &str| urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_default();
+    let decode =
+        |s: &str| urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_default();
     uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()).map(move |pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(name), decode(value))
@@ -121,19 +122,23 @@ impl Gateway {
         let readable = self.resolve(&cache, &bucket.0, &bucket.1, target, &located.key).await?;
         let range_header = header_range(&req.headers, whole_part);
         let plan = plan(&req.headers, &readable.meta, range_header)?;
-        let mut response = plan.response(&readable.meta, readable.content_type, &Attributes::default(), &overrides);
+        let mut response =
+            plan.response(&readable.meta, readable.content_type, &Attributes::default(), &overrides);
         if head || plan.status == StatusCode::NOT_MODIFIED {
             return Ok(response);
         }
         let range = plan.range.clone();
         let stream: BoxStream<'static, Result<Bytes, std::io::Error>> = match readable.body {
             Source::Bytes(bytes) => {
-                futures::stream::once(async move { Ok(bytes.slice(range.start as usize..range.end as usize)) })
-                    .boxed()
+                futures::stream::once(
+                    async move { Ok(bytes.slice(range.start as usize..range.end as usize)) },
+                )
+                .boxed()
             }
             Source::Nar(nar_hash) => {
                 let key = located.key.clone();
-                let rendered = self.inner.renderer.range(&nar_hash, range).await.map_err(|e| render_error(&key, e))?;
+                let rendered =
+                    self.inner.renderer.range(&nar_hash, range).await.map_err(|e| render_error(&key, e))?;
                 rendered
                     .map(move |piece| {
                         piece.map_err(|e| {
@@ -178,14 +183,19 @@ impl Gateway {
                     // The text changed (the bucket's signing key did): list it as it is now.
                     cache.replace_visible(&visible, size, &etag).await.map_err(failed)?
                 };
-                Ok(Readable { meta, content_type: "text/x-nix-narinfo", body: Source::Bytes(Bytes::from(text)) })
+                Ok(Readable {
+                    meta,
+                    content_type: "text/x-nix-narinfo",
+                    body: Source::Bytes(Bytes::from(text)),
+                })
             }
             Target::Listing { store_hash } => {
                 let (visible, path) = tokio::join!(cache.visible(key), cache.path_info(&store_hash));
                 let (Some(visible), Some(path)) = (visible.map_err(failed)?, path.map_err(failed)?) else {
                     return Err(not_found());
                 };
-                let listing = self.inner.renderer.listing(&path.nar_hash).await.map_err(|e| render_error(key, e))?;
+                let listing =
+                    self.inner.renderer.listing(&path.nar_hash).await.map_err(|e| render_error(key, e))?;
                 check_size(key, &visible, listing.len() as u64)?;
                 Ok(Readable {
                     meta: visible.as_ref().clone(),
@@ -213,7 +223,8 @@ impl Gateway {
                 if path.store_path != store_path.to_absolute() {
                     return Err(not_found());
                 }
-                let table = self.inner.renderer.table(&path.nar_hash).await.map_err(|e| render_error(key, e))?;
+                let table =
+                    self.inner.renderer.table(&path.nar_hash).await.map_err(|e| render_error(key, e))?;
                 check_size(key, &visible, table.nar_size())?;
                 tracing::debug!(%key, nar = %nixbase32::encode(&path.nar_hash), "store path alias");
                 Ok(Readable {
@@ -238,9 +249,10 @@ impl Gateway {
         overrides: &ResponseOverrides,
     ) -> S3Result<S3Response<Body>> {
         let range_header = header_range(headers, whole_part);
-        let conditional = ["if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range"]
-            .iter()
-            .any(|h| headers.contains_key(*h));
+        let conditional =
+            ["if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range"]
+                .iter()
+                .any(|h| headers.contains_key(*h));
         let suffix = matches!(range_header, Some(super::conditional::RangeSpec::Suffix(_)));
         if head || conditional || suffix {
             let (meta, attributes) = cache.stat_plain(key).await.map_err(|e| backend_error(key, e))?;
@@ -249,7 +261,8 @@ impl Gateway {
             if head || plan.status == StatusCode::NOT_MODIFIED {
                 return Ok(response);
             }
-            let got = cache.get_plain(key, Some(plan.range.clone())).await.map_err(|e| backend_error(key, e))?;
+            let got =
+                cache.get_plain(key, Some(plan.range.clone())).await.map_err(|e| backend_error(key, e))?;
             if got.meta.etag != meta.etag {
                 // Replaced between the stat and the GET: the client retries and sees the new one.
                 return Err(s3_error!(PreconditionFailed, "the object changed while it was read"));
@@ -320,11 +333,16 @@ struct Plan {
 }
 
 /// Evaluates preconditions and the range of a read of the object `meta`.
-fn plan(headers: &HeaderMap, meta: &ObjectMeta, spec: Option<super::conditional::RangeSpec>) -> S3Result<Plan> {
+fn plan(
+    headers: &HeaderMap,
+    meta: &ObjectMeta,
+    spec: Option<super::conditional::RangeSpec>,
+) -> S3Result<Plan> {
     match evaluate(headers, &meta.etag, meta.last_modified) {
-        Verdict::PreconditionFailed => {
-            Err(s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"))
-        }
+        Verdict::PreconditionFailed => Err(s3_error!(
+            PreconditionFailed,
+            "At least one of the pre-conditions you specified did not hold"
+        )),
         Verdict::NotModified => Ok(Plan { status: StatusCode::NOT_MODIFIED, range: 0..0 }),
         Verdict::Serve { use_range } => match spec.filter(|_| use_range) {
             None => Ok(Plan { status: StatusCode::OK, range: 0..meta.size }),
@@ -459,9 +477,10 @@ impl http_body::Body for SizedBody {
                 Poll::Ready(Some(Ok(http_body::Frame::data(bytes))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => {
-                Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the body ended early"))))
-            }
+            Poll::Ready(None) => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the body ended early",
+            )))),
         }
     }
 

@@ -36,7 +36,10 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
     match acl.as_str() {
         BucketCannedACL::PRIVATE => Ok(false),
         BucketCannedACL::PUBLIC_READ => Ok(true),
-        other => Err(s3_error!(NotImplemented, "canned ACL {other:?} is not supported: use private or public-read")),
+        other => Err(s3_error!(
+            NotImplemented,
+            "canned ACL {other:?} is not supported: use private or public-read"
+        )),
     }
 }
 
@@ -44,7 +47,10 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
 fn plain_only(key: &str) -> S3Result<()> {
     match Target::of(key) {
         Target::Plain => Ok(()),
-        _ => Err(s3_error!(NotImplemented, "{key:?} is a key this gateway renders; uploads of NARs and narinfos are not supported yet")),
+        _ => Err(s3_error!(
+            NotImplemented,
+            "{key:?} is a key this gateway renders; uploads of NARs and narinfos are not supported yet"
+        )),
     }
 }
 
@@ -56,7 +62,11 @@ fn url_encode(s: &str) -> String {
 impl Gateway {
     /// A bucket's settings, or NoSuchBucket.
     async fn existing(&self, bucket: &str) -> S3Result<BucketRecord> {
-        self.cache(bucket).settings().await.map_err(|e| commit_error(bucket, e))?.ok_or_else(|| s3_error!(NoSuchBucket))
+        self.cache(bucket)
+            .settings()
+            .await
+            .map_err(|e| commit_error(bucket, e))?
+            .ok_or_else(|| s3_error!(NoSuchBucket))
     }
 
     /// One page of a bucket's listing, for either ListObjects version.
@@ -104,14 +114,20 @@ fn url_encoding(encoding: &Option<EncodingType>) -> S3Result<bool> {
     match encoding.as_ref().map(EncodingType::as_str) {
         None => Ok(false),
         Some(EncodingType::URL) => Ok(true),
-        Some(other) => Err(s3_error!(InvalidArgument, "Invalid Encoding Method specified in Request: {other}")),
+        Some(other) => {
+            Err(s3_error!(InvalidArgument, "Invalid Encoding Method specified in Request: {other}"))
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl S3 for Gateway {
-    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
-        let buckets = crate::cache::list_buckets(&self.inner.backend).await.map_err(|e| commit_error("", e))?;
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets =
+            crate::cache::list_buckets(&self.inner.backend).await.map_err(|e| commit_error("", e))?;
         let buckets = buckets
             .into_iter()
             .map(|(name, meta)| Bucket {
@@ -120,10 +136,17 @@ impl S3 for Gateway {
                 ..Default::default()
             })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(owner()), ..Default::default() }))
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(owner()),
+            ..Default::default()
+        }))
     }
 
-    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
         let input = req.input;
         let mut settings = BucketRecord::new_now();
         if let Some(acl) = &input.acl {
@@ -132,7 +155,8 @@ impl S3 for Gateway {
         if let Some(configured) = self.inner.configured_buckets.get(&input.bucket) {
             settings.apply(configured);
         }
-        let (_, created) = self.cache(&input.bucket).create(settings).await.map_err(|e| commit_error(&input.bucket, e))?;
+        let (_, created) =
+            self.cache(&input.bucket).create(settings).await.map_err(|e| commit_error(&input.bucket, e))?;
         if !created {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
         }
@@ -153,7 +177,10 @@ impl S3 for Gateway {
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
-    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
         let bucket = &req.input.bucket;
         self.existing(bucket).await?;
         let cache = self.cache(bucket);
@@ -164,7 +191,10 @@ impl S3 for Gateway {
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 
-    async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
         let settings = self.existing(&req.input.bucket).await?;
         let mut grants = vec![Grant {
             grantee: Some(Grantee {
@@ -191,7 +221,10 @@ impl S3 for Gateway {
         Ok(S3Response::new(GetBucketAclOutput { grants: Some(grants), owner: Some(owner()) }))
     }
 
-    async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
         let input = req.input;
         let mut settings = self.existing(&input.bucket).await?;
         settings.anonymous_read = match (&input.acl, &input.access_control_policy) {
@@ -201,18 +234,27 @@ impl S3 for Gateway {
                 let read = g.permission.as_ref().is_some_and(|p| p.as_str() == Permission::READ);
                 all_users && read
             }),
-            (None, None) => return Err(s3_error!(MissingSecurityHeader, "give a canned ACL or an access control policy")),
+            (None, None) => {
+                return Err(s3_error!(MissingSecurityHeader, "give a canned ACL or an access control policy"));
+            }
         };
-        self.cache(&input.bucket).set_settings(&settings).await.map_err(|e| commit_error(&input.bucket, e))?;
+        self.cache(&input.bucket)
+            .set_settings(&settings)
+            .await
+            .map_err(|e| commit_error(&input.bucket, e))?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
 
-    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
         let encode = url_encoding(&input.encoding_type)?;
         let after = input.marker.clone().filter(|m| !m.is_empty()).map(After::Key);
-        let listing =
-            self.list_page(&input.bucket, input.prefix.clone(), input.delimiter.clone(), after, input.max_keys).await?;
+        let listing = self
+            .list_page(&input.bucket, input.prefix.clone(), input.delimiter.clone(), after, input.max_keys)
+            .await?;
         let (contents, prefixes) = listed(&listing, encode, true);
         let name = |s: Option<String>| s.map(|s| if encode { url_encode(&s) } else { s });
         // V1 has no token: a truncated page's NextMarker is its last key or common prefix, which
@@ -235,18 +277,22 @@ impl S3 for Gateway {
         }))
     }
 
-    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
         let encode = url_encoding(&input.encoding_type)?;
-        let after = match &input.continuation_token {
-            Some(token) => Some(
-                After::from_token(token)
-                    .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))?,
-            ),
-            None => input.start_after.clone().filter(|s| !s.is_empty()).map(After::Key),
-        };
-        let listing =
-            self.list_page(&input.bucket, input.prefix.clone(), input.delimiter.clone(), after, input.max_keys).await?;
+        let after =
+            match &input.continuation_token {
+                Some(token) => Some(After::from_token(token).ok_or_else(|| {
+                    s3_error!(InvalidArgument, "The continuation token provided is incorrect")
+                })?),
+                None => input.start_after.clone().filter(|s| !s.is_empty()).map(After::Key),
+            };
+        let listing = self
+            .list_page(&input.bucket, input.prefix.clone(), input.delimiter.clone(), after, input.max_keys)
+            .await?;
         let (contents, prefixes) = listed(&listing, encode, input.fetch_owner == Some(true));
         let name = |s: Option<String>| s.map(|s| if encode { url_encode(&s) } else { s });
         Ok(S3Response::new(ListObjectsV2Output {
@@ -273,10 +319,14 @@ impl S3 for Gateway {
         let content_md5 = match &input.content_md5 {
             None => None,
             Some(b64) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid base64"))?;
-                Some(<[u8; 16]>::try_from(bytes).map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not 16 bytes"))?)
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| {
+                    s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid base64")
+                })?;
+                Some(
+                    <[u8; 16]>::try_from(bytes).map_err(|_| {
+                        s3_error!(InvalidDigest, "The Content-MD5 you specified is not 16 bytes")
+                    })?,
+                )
             }
         };
         let attributes = Attributes {
@@ -285,13 +335,19 @@ impl S3 for Gateway {
             cache_control: input.cache_control.clone(),
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
-            metadata: input.metadata.clone().unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+            metadata: input
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
         };
         let key = input.key.clone();
         let body = match input.body {
-            Some(body) => body
-                .map_err(move |e| BackendError::Body { key: key.clone(), message: e.to_string() })
-                .boxed(),
+            Some(body) => {
+                body.map_err(move |e| BackendError::Body { key: key.clone(), message: e.to_string() }).boxed()
+            }
             None => futures::stream::empty().boxed(),
         };
         let written = self
@@ -302,7 +358,10 @@ impl S3 for Gateway {
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(written.etag)), ..Default::default() }))
     }
 
-    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
         plain_only(&input.key)?;
@@ -310,7 +369,10 @@ impl S3 for Gateway {
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
-    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
         let cache = self.cache(&input.bucket);
@@ -332,6 +394,10 @@ impl S3 for Gateway {
                 }),
             }
         }
-        Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
     }
 }

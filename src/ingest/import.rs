@@ -54,7 +54,8 @@ pub fn narinfos(dir: &Path) -> Result<Vec<(NarInfo, PathBuf)>, ImportError> {
         let path = entry.map_err(io(dir))?.path();
         if path.extension().is_some_and(|e| e == "narinfo") {
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let info = NarInfo::parse(&text).map_err(|source| ImportError::NarInfo { path: path.clone(), source })?;
+            let info = NarInfo::parse(&text)
+                .map_err(|source| ImportError::NarInfo { path: path.clone(), source })?;
             let nar = dir.join(&info.url);
             out.push((info, nar));
         }
@@ -77,7 +78,8 @@ pub async fn import_path(
     let options = IngestOptions {
         br_suffix: nar_path.extension().is_some_and(|e| e == "br"),
         expected_nar_hash: Some(
-            info.nar_hash_digest().map_err(|source| ImportError::NarInfo { path: nar_path.to_path_buf(), source })?,
+            info.nar_hash_digest()
+                .map_err(|source| ImportError::NarInfo { path: nar_path.to_path_buf(), source })?,
         ),
         expected_nar_size: Some(info.nar_size),
         ..Default::default()

@@ -99,7 +99,10 @@ impl RenderError {
 }
 
 /// Reads the NAR record of `nar_hash`, which must carry that NarHash.
-async fn load_record(backend: &crate::backend::DynBackend, nar_hash: &[u8; 32]) -> Result<NarRecord, RenderError> {
+async fn load_record(
+    backend: &crate::backend::DynBackend,
+    nar_hash: &[u8; 32],
+) -> Result<NarRecord, RenderError> {
     let bytes = match backend::get_bytes(backend.as_ref(), &nar_record_key(nar_hash)).await {
         Err(BackendError::NotFound { .. }) => {
             return Err(RenderError::NotFound(crate::nix::nixbase32::encode(nar_hash)));

@@ -58,7 +58,14 @@ pub async fn start_with(backend: DynBackend, options: GatewayOptions) -> TestGat
         .await
         .expect("serve");
     });
-    TestGateway { endpoint: format!("http://127.0.0.1:{port}"), port, keys, backend, gateway, stop: Some(stop) }
+    TestGateway {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        port,
+        keys,
+        backend,
+        gateway,
+        stop: Some(stop),
+    }
 }
 
 /// Starts a gateway over `backend` with the default options (small caches).
@@ -159,7 +166,8 @@ pub async fn raw_http(port: u16, method: &str, path: &str, headers: &[(&str, &st
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    if let Some(len) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
+    if let Some(len) =
+        headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
         && method != "HEAD"
     {
         // A body shorter than its Content-Length is a transfer the server cut off: keep what came.
