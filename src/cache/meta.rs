@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::records::{BucketRecord, CacheNar, PathInfo};
-use crate::backend::ObjectMeta;
+use crate::backend::{BackendError, ObjectMeta};
 
 /// One cached record, by kind.
 #[derive(Debug, Clone)]
@@ -24,6 +24,14 @@ pub enum Cached {
     CacheNar(CacheNar),
     /// The newest listing-index entry of a visible key.
     Visible(Arc<ObjectMeta>),
+}
+
+/// Why a coalesced load found no record.
+enum Miss<E> {
+    /// There is none (not cached: another gateway may create it at any time).
+    Absent,
+    /// The load failed.
+    Failed(E),
 }
 
 /// Settings of a [`MetaCache`].
@@ -70,19 +78,38 @@ impl MetaCache {
     }
 
     /// The record at `key`, from the cache or from `load` (whose `None`, a miss, is not cached).
+    /// Concurrent loads of one key share one backend read.
     pub async fn get_or_load<E, F>(&self, key: &str, load: F) -> Result<Option<Cached>, E>
     where
         F: Future<Output = Result<Option<Cached>, E>>,
+        E: From<BackendError> + std::fmt::Display + Send + Sync + 'static,
     {
         let Some(inner) = &self.inner else { return load.await };
-        if let Some(hit) = inner.get(key).await {
-            return Ok(Some(hit));
+        let shared = inner
+            .try_get_with(key.to_owned(), async {
+                match load.await {
+                    Ok(Some(value)) => Ok(value),
+                    Ok(None) => Err(Miss::Absent),
+                    Err(e) => Err(Miss::Failed(e)),
+                }
+            })
+            .await;
+        match shared {
+            Ok(value) => Ok(Some(value)),
+            Err(miss) => match Arc::try_unwrap(miss) {
+                Ok(Miss::Absent) => Ok(None),
+                Ok(Miss::Failed(e)) => Err(e),
+                Err(shared) => match shared.as_ref() {
+                    Miss::Absent => Ok(None),
+                    // A waiter of another caller's failed load: the same failure, as a message.
+                    Miss::Failed(e) => Err(E::from(BackendError::Remote {
+                        op: "GET",
+                        key: key.to_owned(),
+                        message: e.to_string(),
+                    })),
+                },
+            },
         }
-        let loaded = load.await?;
-        if let Some(value) = &loaded {
-            inner.insert(key.to_owned(), value.clone()).await;
-        }
-        Ok(loaded)
     }
 
     /// Forgets the record at `key` (after this gateway wrote or deleted it).

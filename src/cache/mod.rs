@@ -90,6 +90,49 @@ pub enum NarInfoOutcome {
     Pending,
 }
 
+/// `body`, checked against the MD5 `expected`: its last piece is held back until the whole body
+/// matched, so a damaged object never reaches a client whole.
+fn verify_md5(key: &str, body: ByteStream, expected: Vec<u8>) -> ByteStream {
+    use futures::StreamExt;
+    use md5::Digest as _;
+    struct Check {
+        body: ByteStream,
+        hasher: md5::Md5,
+        held: Option<Bytes>,
+    }
+    let key = key.to_owned();
+    let state = Some(Check { body, hasher: md5::Md5::new(), held: None });
+    futures::stream::unfold(state, move |state| {
+        let (key, expected) = (key.clone(), expected.clone());
+        async move {
+            let mut check = state?;
+            loop {
+                match check.body.next().await {
+                    Some(Ok(piece)) => {
+                        check.hasher.update(&piece);
+                        if let Some(previous) = check.held.replace(piece) {
+                            return Some((Ok(previous), Some(check)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None if check.hasher.finalize().as_slice() == expected.as_slice() => {
+                        return check.held.map(|last| (Ok(last), None));
+                    }
+                    None => {
+                        let source = std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "the object's bytes do not match its MD5",
+                        );
+                        tracing::error!(%key, "a plain object does not match its MD5");
+                        return Some((Err(BackendError::Io { key, source }), None));
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
 /// Every bucket on `backend`, by name, with the backend's metadata of its record (whose time is
 /// the bucket's creation time). One LIST, and one HEAD per bucket.
 pub async fn list_buckets(backend: &DynBackend) -> Result<Vec<(String, ObjectMeta)>, CommitError> {
@@ -469,13 +512,19 @@ impl Cache {
         Ok(changed)
     }
 
-    /// Reads the plain object `key` (or `range` of it), with its attributes.
+    /// Reads the plain object `key` (or `range` of it), with its attributes. A whole object
+    /// whose ETag is an MD5 is checked against it as it streams (see [`verify_md5`]).
     pub async fn get_plain(
         &self,
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<GetResult, BackendError> {
-        self.backend.get(&self.plain_key(key)?, range).await
+        let mut got = self.backend.get(&self.plain_key(key)?, range).await?;
+        let whole = got.range.start == 0 && got.range.end == got.meta.size;
+        if let Some(expected) = hex::decode(&got.meta.etag).ok().filter(|d| whole && d.len() == 16) {
+            got.body = verify_md5(key, got.body, expected);
+        }
+        Ok(got)
     }
 
     /// The metadata and attributes of the plain object `key`.

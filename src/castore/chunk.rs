@@ -165,6 +165,13 @@ impl ChunkStore {
 
     async fn read(&self, digest: Digest, size: u32, keep: bool) -> Result<Bytes, ChunkError> {
         if let Some(data) = self.cache.get(&digest).await {
+            // A table that expects another size for this digest is damaged: never serve it.
+            if data.len() != size as usize {
+                return Err(ChunkError::Integrity {
+                    digest,
+                    reason: format!("cached chunk has {} bytes, the table expects {size}", data.len()),
+                });
+            }
             return Ok(data);
         }
         let load = self.loads.join(digest);

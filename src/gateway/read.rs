@@ -31,7 +31,7 @@ use super::conditional::{Verdict, evaluate, parse_range};
 use super::error::{backend_error, commit_error, internal, render_error};
 use super::target::Target;
 use crate::backend::{Attributes, BackendError, ObjectMeta};
-use crate::cache::{BucketRecord, Cache};
+use crate::cache::Cache;
 use crate::nix::nixbase32;
 
 /// The bucket and key of a GET or HEAD of an object, found when the route matched.
@@ -110,16 +110,18 @@ impl Gateway {
         };
         let overrides = ResponseOverrides::from_uri(&req.uri);
         let cache = self.cache(&located.bucket);
-        let bucket = cache
-            .bucket_record()
-            .await
-            .map_err(|e| commit_error(&located.key, e))?
-            .ok_or_else(|| s3_error!(NoSuchBucket))?;
         let target = Target::of(&located.key);
+        let no_bucket = || s3_error!(NoSuchBucket);
         if target == Target::Plain {
+            cache.bucket_record().await.map_err(|e| commit_error(&located.key, e))?.ok_or_else(no_bucket)?;
             return self.read_plain(&cache, &located.key, &req.headers, head, whole_part, &overrides).await;
         }
-        let readable = self.resolve(&cache, &bucket.0, &bucket.1, target, &located.key).await?;
+        // The bucket record is read at once with what the key needs (concurrent reads of it share
+        // one GET), so a cold NAR GET is one round trip before its chunks.
+        let (bucket, readable) =
+            tokio::join!(cache.bucket_record(), self.resolve(&cache, target, &located.key));
+        bucket.map_err(|e| commit_error(&located.key, e))?.ok_or_else(no_bucket)?;
+        let readable = readable?;
         let range_header = header_range(&req.headers, whole_part);
         let plan = plan(&req.headers, &readable.meta, range_header)?;
         let mut response =
@@ -154,22 +156,20 @@ impl Gateway {
     }
 
     /// What a virtual key is, if this bucket shows it.
-    async fn resolve(
-        &self,
-        cache: &Cache,
-        bucket: &BucketRecord,
-        bucket_meta: &ObjectMeta,
-        target: Target,
-        key: &str,
-    ) -> S3Result<Readable> {
+    async fn resolve(&self, cache: &Cache, target: Target, key: &str) -> S3Result<Readable> {
         let not_found = || s3_error!(NoSuchKey);
         let failed = |e| commit_error(key, e);
         match target {
-            Target::CacheInfo => Ok(Readable {
-                meta: Cache::nix_cache_info_meta(&(bucket.clone(), bucket_meta.clone())),
-                content_type: "text/x-nix-cache-info",
-                body: Source::Bytes(Bytes::from(bucket.nix_cache_info())),
-            }),
+            Target::CacheInfo => {
+                let Some(bucket) = cache.bucket_record().await.map_err(failed)? else {
+                    return Err(not_found());
+                };
+                Ok(Readable {
+                    meta: Cache::nix_cache_info_meta(&bucket),
+                    content_type: "text/x-nix-cache-info",
+                    body: Source::Bytes(Bytes::from(bucket.0.nix_cache_info())),
+                })
+            }
             Target::NarInfo { store_hash } => {
                 let (visible, path) = tokio::join!(cache.visible(key), cache.path_info(&store_hash));
                 let (Some(visible), Some(path)) = (visible.map_err(failed)?, path.map_err(failed)?) else {

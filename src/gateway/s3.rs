@@ -235,7 +235,10 @@ impl S3 for Gateway {
                 all_users && read
             }),
             (None, None) => {
-                return Err(s3_error!(MissingSecurityHeader, "give a canned ACL or an access control policy"));
+                return Err(s3_error!(
+                    MissingSecurityHeader,
+                    "give a canned ACL or an access control policy"
+                ));
             }
         };
         self.cache(&input.bucket)
