@@ -65,6 +65,11 @@ fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     (status, code)
 }
 
+async fn bucket_names(client: &aws_sdk_s3::Client) -> Vec<String> {
+    let out = client.list_buckets().send().await.unwrap();
+    out.buckets().iter().map(|b| b.name().unwrap().to_owned()).collect()
+}
+
 async fn get_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
     let out = client
         .get_object()
@@ -454,6 +459,24 @@ async fn plain_objects_keep_their_metadata(backend: DynBackend) -> TestResult {
         .unwrap();
     assert!(ranged.body.collect().await.unwrap().into_bytes()[..] == data[1000..2000]);
 
+    // A body streamed from a file (the SDK sends it aws-chunked, with a trailing checksum), larger
+    // than one backend part: stored whole, the PUT's ETag is what HEAD and LIST show.
+    let big: Vec<u8> = (0..9_500_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &big).unwrap();
+    let put = client
+        .put_object()
+        .bucket("nix")
+        .key("debuginfo/big")
+        .body(ByteStream::from_path(file.path()).await.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(get_bytes(&client, "nix", "debuginfo/big").await == big);
+    let head = client.head_object().bucket("nix").key("debuginfo/big").send().await.unwrap();
+    assert_eq!(head.e_tag(), put.e_tag());
+    client.delete_object().bucket("nix").key("debuginfo/big").send().await.unwrap();
+
     // Content-MD5 is checked: a wrong one is BadDigest, and nothing is written.
     let wrong = client
         .put_object()
@@ -529,15 +552,7 @@ async fn bucket_lifecycle(backend: DynBackend) -> TestResult {
         (409, "BucketAlreadyOwnedByYou".into())
     );
     client.create_bucket().bucket("public").acl(BucketCannedAcl::PublicRead).send().await.unwrap();
-    let names: Vec<String> = client
-        .list_buckets()
-        .send()
-        .await
-        .unwrap()
-        .buckets()
-        .iter()
-        .map(|b| b.name().unwrap().to_owned())
-        .collect();
+    let names = bucket_names(&client).await;
     assert_eq!(names, ["cache", "public"]);
     client.head_bucket().bucket("cache").send().await.unwrap();
     client.get_bucket_location().bucket("cache").send().await.unwrap();
@@ -576,15 +591,7 @@ async fn bucket_lifecycle(backend: DynBackend) -> TestResult {
     client.delete_bucket().bucket("public").send().await.unwrap();
     assert_eq!(failure(client.head_bucket().bucket("cache").send().await).0, 404);
     assert_eq!(failure(client.delete_bucket().bucket("cache").send().await), (404, "NoSuchBucket".into()));
-    let names: Vec<String> = client
-        .list_buckets()
-        .send()
-        .await
-        .unwrap()
-        .buckets()
-        .iter()
-        .map(|b| b.name().unwrap().to_owned())
-        .collect();
+    let names = bucket_names(&client).await;
     assert_eq!(names, ["full"]);
     // A bucket created again is new and empty.
     client.create_bucket().bucket("cache").send().await.unwrap();
@@ -683,15 +690,7 @@ async fn two_gateways_on_one_garage_agree() {
         .unwrap();
     let via_first = first.client_with(&second.keys.access_key_id, &second.keys.secret_access_key);
     assert_eq!(get_bytes(&via_first, "shared", "log/x").await, b"hi");
-    let names: Vec<String> = via_first
-        .list_buckets()
-        .send()
-        .await
-        .unwrap()
-        .buckets()
-        .iter()
-        .map(|b| b.name().unwrap().to_owned())
-        .collect();
+    let names = bucket_names(&via_first).await;
     assert_eq!(names, ["shared"]);
 }
 
