@@ -1,0 +1,93 @@
+//! Real Nix (Debian's `nix-bin`, Nix 2.8) substitutes from the gateway over `http://`, as its
+//! HTTP binary cache store does: `nix-cache-info`, narinfos, then the NARs their URLs name. With
+//! the fixtures' signing key trusted and signatures required, the paths it copies into a fresh
+//! chroot store have the hashes Nix recorded; a private bucket is reached with a netrc (Nix sends
+//! HTTP Basic on every request). Nix runs as in `tests/nix_accepts.rs` (`tests/common/nix.rs`):
+//! its own temp dir, `substituters =` empty, only the stores named here.
+
+mod common;
+
+use std::path::Path;
+
+use common::gateway::{fixture_nars, fixtures, start};
+use common::nix::Nix;
+
+/// The public key the fixture narinfos are signed with.
+fn fixture_key() -> String {
+    std::fs::read_to_string(fixtures().join("public.key")).unwrap().trim().to_owned()
+}
+
+/// `nix copy --from <url> --to local?root=<root> <paths>` with the fixture key trusted.
+fn copy(nix: &Nix, url: &str, root: &Path, extra: &[&str], paths: &[String]) -> std::process::Output {
+    let mut args: Vec<String> = vec![
+        "copy".into(),
+        "--from".into(),
+        url.into(),
+        "--to".into(),
+        format!("local?root={}", root.display()),
+        "--trusted-public-keys".into(),
+        fixture_key(),
+        "--option".into(),
+        "require-sigs".into(),
+        "true".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(paths.iter().cloned());
+    nix.run(&nix.nix, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nix_substitutes_from_the_gateway_over_http() {
+    let (_dir, backend) = common::fs_backend();
+    let gw = start(backend).await;
+    gw.import("open", true, &["cache-xz"]).await;
+    gw.import("closed", false, &["cache-zstd"]).await;
+    let paths: Vec<String> = fixture_nars().into_iter().map(|(path, _, _)| path).collect();
+    let nix = Nix::new();
+
+    let endpoint = gw.endpoint.clone();
+    let run = {
+        let paths = paths.clone();
+        move |nix: &Nix, bucket: &str, root: &Path, extra: &[&str]| {
+            copy(nix, &format!("{endpoint}/{bucket}"), root, extra, &paths)
+        }
+    };
+
+    // A public bucket: anonymous.
+    let root = nix.path("public-store");
+    let out = tokio::task::block_in_place(|| run(&nix, "open", &root, &[]));
+    assert!(
+        out.status.success(),
+        "nix copy from the public bucket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, nar_hash, _) in fixture_nars() {
+        let store = format!("local?root={}", root.display());
+        let hash = nix.run_ok(&nix.nix_store, ["--store", store.as_str(), "-q", "--hash", path.as_str()]);
+        assert_eq!(String::from_utf8_lossy(&hash.stdout).trim(), format!("sha256:{nar_hash}"), "{path}");
+        nix.run_ok(&nix.nix_store, ["--store", store.as_str(), "--verify-path", path.as_str()]);
+    }
+
+    // A private bucket: refused without credentials, served with a netrc.
+    let root = nix.path("private-store");
+    let out = tokio::task::block_in_place(|| run(&nix, "closed", &root, &[]));
+    assert!(!out.status.success(), "a private bucket must refuse anonymous Nix");
+    let netrc = nix.path("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine 127.0.0.1 login {} password {}\n", gw.keys.access_key_id, gw.keys.secret_access_key),
+    )
+    .unwrap();
+    let netrc_arg = netrc.to_str().unwrap().to_owned();
+    let out =
+        tokio::task::block_in_place(|| run(&nix, "closed", &root, &["--option", "netrc-file", &netrc_arg]));
+    assert!(out.status.success(), "nix copy with a netrc: {}", String::from_utf8_lossy(&out.stderr));
+
+    // `nix store ls` lists a path straight from the cache (its `.ls` or its NAR).
+    let hello = paths.iter().find(|p| p.ends_with("-hello")).unwrap();
+    let url = format!("{}/open", gw.endpoint);
+    let listing = tokio::task::block_in_place(|| {
+        nix.run_ok(&nix.nix, ["store", "ls", "--store", url.as_str(), "-R", hello.as_str()])
+    });
+    assert!(!listing.stdout.is_empty());
+}
