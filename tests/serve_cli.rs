@@ -155,3 +155,45 @@ fn serve_on_the_embedded_store_reached_by_curl_and_the_aws_cli() {
     let _ = again.wait();
     assert!(!printed.iter().any(|l| l.contains("secret access key:")), "{printed:?}");
 }
+
+#[test]
+fn credentials_and_bucket_commands() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let text = |out: std::process::Output| String::from_utf8(out.stdout).unwrap();
+
+    let created = text(nargate(&["credentials", "create", "--data", data_arg, "--description", "ci"]));
+    let id = created.lines().find_map(|l| l.strip_prefix("access key id:")).unwrap().trim().to_owned();
+    assert!(created.contains("secret access key:"), "{created}");
+    let listed = text(nargate(&["credentials", "list", "--data", data_arg]));
+    assert!(listed.contains(&id) && listed.contains("ci"), "{listed}");
+    let secret = created.lines().find_map(|l| l.strip_prefix("secret access key:")).unwrap().trim();
+    assert!(!listed.contains(secret), "list never shows a secret");
+    nargate(&["credentials", "delete", "--data", data_arg, &id]);
+    assert!(!text(nargate(&["credentials", "list", "--data", data_arg])).contains(&id));
+
+    let shown =
+        text(nargate(&["bucket", "create", "--data", data_arg, "signed", "--sign", "--priority", "30"]));
+    assert!(shown.contains("priority:        30"), "{shown}");
+    let key_line =
+        shown.lines().find(|l| l.contains("trusted-public-keys = ")).expect("the public key to trust");
+    assert!(key_line.contains("signed-1:"), "{key_line}");
+    let again = text(nargate(&["bucket", "show", "--data", data_arg, "signed"]));
+    assert!(again.contains(key_line.trim()), "{again}");
+    let set = text(nargate(&[
+        "bucket",
+        "set",
+        "--data",
+        data_arg,
+        "signed",
+        "--anonymous-read",
+        "--want-mass-query",
+        "false",
+    ]));
+    assert!(set.contains("anonymous read:  true") && set.contains("WantMassQuery:   false"), "{set}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_nargate"))
+        .args(["bucket", "show", "--data", data_arg, "nope"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no bucket nope"));
+}
