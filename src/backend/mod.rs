@@ -131,7 +131,7 @@ impl GetResult {
         if chunks.len() == 1 {
             return Ok(chunks.into_iter().next().unwrap_or_default());
         }
-        let mut buf = bytes::BytesMut::new();
+        let mut buf = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
         for c in chunks {
             buf.extend_from_slice(&c);
         }
