@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command: installs what the tests need, each only when it is missing
 # (Garage, built with `cargo install --locked garage`, ~8 minutes on 2 cores; Debian's nix-bin,
-# awscli and curl, with apt-get as root), then runs every test. Arguments go to `cargo test`.
+# awscli, curl, rclone and fuse3, with apt-get as root), then runs every test. Arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -13,6 +13,8 @@ TOOLS=(
   "nix-store:nix-bin"
   "/usr/bin/aws:awscli" # tests/serve_cli.rs: the aws cli v2 (a Python v1 may come first in PATH)
   "curl:curl"           # tests/serve_cli.rs: anonymous reads as a plain HTTP client makes them
+  "rclone:rclone"       # the rclone end-to-end tests (issue 7: rclone 1.60, its s3 remote and mount)
+  "fusermount3:fuse3"   # rclone mount
 )
 
 # Whether a tool is there: an absolute path must be an executable file, a name must be in PATH.

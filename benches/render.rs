@@ -10,6 +10,9 @@
 //!   stored as one object; and a 64 KiB ranged read near the end, cold and with the segment table
 //!   cached, against a direct ranged GET.
 
+mod common;
+use common::content;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,26 +31,6 @@ use nargate::ingest::{IngestOptions, ingest_nar};
 use nargate::nix::nar::{NarNode, write_nar};
 use nargate::render::{RenderConfig, Renderer};
 use tokio::io::AsyncReadExt;
-
-/// Bytes that compress somewhat, like binaries and text do.
-fn content(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let words: [&[u8]; 8] =
-        [b"nix", b"store ", b"\x00\x00\x00\x00", b"lib", b"/bin/", b"\x7fELF", b"main", b"hello world\n"];
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x.is_multiple_of(3) {
-            out.extend_from_slice(words[(x >> 8) as usize % 8]);
-        } else {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    out.truncate(n);
-    out
-}
 
 fn tree(total_mib: usize) -> NarNode {
     let large = total_mib * 3 / 4;

@@ -14,6 +14,9 @@
 //! Direct and gateway requests alternate, so that load from elsewhere (2 cores, tests running at
 //! the same time) falls on both alike.
 
+mod common;
+use common::content;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
@@ -49,26 +52,6 @@ const CONCURRENT: usize = 64;
 const RANGE: u64 = 1 << 20;
 /// The bucket (cache) the gateway serves.
 const CACHE: &str = "cache";
-
-/// Bytes that compress somewhat, like binaries and text do (as `benches/render.rs` makes them).
-fn content(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let words: [&[u8]; 8] =
-        [b"nix", b"store ", b"\x00\x00\x00\x00", b"lib", b"/bin/", b"\x7fELF", b"main", b"hello world\n"];
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x.is_multiple_of(3) {
-            out.extend_from_slice(words[(x >> 8) as usize % 8]);
-        } else {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    out.truncate(n);
-    out
-}
 
 /// A NAR of five 32 MiB files.
 fn large_files() -> Vec<u8> {

@@ -36,9 +36,9 @@ pub const DEFAULT_DATA_DIR: &str = "./nargate-data";
 /// The chunk cache's capacity by default, in bytes.
 pub const DEFAULT_CHUNK_CACHE_BYTES: u64 = 64 << 20;
 /// The metadata cache's capacity by default, in entries.
-pub const DEFAULT_METADATA_CACHE_ENTRIES: u64 = 10_000;
+pub const DEFAULT_METADATA_CACHE_ENTRIES: u64 = crate::cache::meta::DEFAULT_MAX_ENTRIES;
 /// How long metadata stays cached by default.
-pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_METADATA_TTL: Duration = crate::cache::meta::DEFAULT_TTL;
 
 /// The environment variables [`Config::load`] reads, each overriding one setting.
 pub const ENV_OVERRIDES: &[&str] = &[
@@ -378,6 +378,20 @@ impl Config {
             table_cache_bytes: self.cache.table_cache_bytes,
             read_ahead: self.read_ahead,
             ..RenderConfig::default()
+        }
+    }
+
+    /// The gateway's settings: caches, read-ahead, domains, per-bucket settings.
+    pub fn gateway_options(&self) -> crate::gateway::GatewayOptions {
+        crate::gateway::GatewayOptions {
+            domains: self.domains.clone(),
+            meta: crate::cache::MetaConfig {
+                max_entries: self.cache.metadata_cache_entries,
+                ttl: self.cache.metadata_ttl,
+            },
+            render: self.render_config(),
+            chunk_cache_bytes: self.cache.chunk_cache_bytes,
+            buckets: self.buckets.clone(),
         }
     }
 

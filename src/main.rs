@@ -8,11 +8,11 @@ use failure::{Failure, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use nargate::backend::DynBackend;
-use nargate::cache::{BucketRecord, BucketSettings, Cache, MetaConfig};
+use nargate::cache::{BucketRecord, BucketSettings, Cache};
 use nargate::castore::ChunkStore;
 use nargate::config::{BackendConfig, Config};
 use nargate::credentials::CredentialStore;
-use nargate::gateway::{Gateway, GatewayOptions};
+use nargate::gateway::Gateway;
 use nargate::ingest::import::{import_path, narinfos};
 use nargate::nix::signing::SecretKey;
 use nargate::render::Renderer;
@@ -216,13 +216,7 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     for (name, settings) in &config.buckets {
         apply_settings(&Cache::new(backend.clone(), name), settings, false).await?;
     }
-    let options = GatewayOptions {
-        domains: config.domains.clone(),
-        meta: MetaConfig { max_entries: config.cache.metadata_cache_entries, ttl: config.cache.metadata_ttl },
-        render: config.render_config(),
-        chunk_cache_bytes: config.cache.chunk_cache_bytes,
-        buckets: config.buckets.clone(),
-    };
+    let options = config.gateway_options();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure(format!("cannot listen on {}: {e}", config.listen)))?;

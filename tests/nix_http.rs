@@ -83,11 +83,15 @@ async fn nix_substitutes_from_the_gateway_over_http() {
         tokio::task::block_in_place(|| run(&nix, "closed", &root, &["--option", "netrc-file", &netrc_arg]));
     assert!(out.status.success(), "nix copy with a netrc: {}", String::from_utf8_lossy(&out.stderr));
 
-    // `nix store ls` lists a path straight from the cache (its `.ls` or its NAR).
+    // `nix store ls` lists a path straight from the cache, as it lists it from the fixture cache.
     let hello = paths.iter().find(|p| p.ends_with("-hello")).unwrap();
-    let url = format!("{}/open", gw.endpoint);
-    let listing = tokio::task::block_in_place(|| {
-        nix.run_ok(&nix.nix, ["store", "ls", "--store", url.as_str(), "-R", hello.as_str()])
-    });
-    assert!(!listing.stdout.is_empty());
+    let ls = |store: String| {
+        let out =
+            nix.run_ok(&nix.nix, ["store", "ls", "--store", store.as_str(), "-R", "-l", hello.as_str()]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_gateway = tokio::task::block_in_place(|| ls(format!("{}/open", gw.endpoint)));
+    let from_fixture = ls(format!("file://{}", fixtures().join("cache-none").display()));
+    assert!(from_gateway.lines().count() > 10, "{from_gateway}");
+    assert_eq!(from_gateway, from_fixture);
 }

@@ -153,6 +153,8 @@ fn serve_on_the_embedded_store_reached_by_curl_and_the_aws_cli() {
     }
     let _ = again.kill();
     let _ = again.wait();
+    assert!(printed.iter().any(|l| l.starts_with("nargate serving at http://127.0.0.1:")), "{printed:?}");
+    assert!(printed.iter().any(|l| l.starts_with("key pairs: those in the store")), "{printed:?}");
     assert!(!printed.iter().any(|l| l.contains("secret access key:")), "{printed:?}");
 }
 

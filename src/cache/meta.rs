@@ -43,9 +43,15 @@ pub struct MetaConfig {
     pub ttl: Duration,
 }
 
+/// The default number of records kept.
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+
+/// The default TTL: how late another gateway's deletes and setting changes may show.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
 impl Default for MetaConfig {
     fn default() -> Self {
-        MetaConfig { max_entries: 100_000, ttl: Duration::from_secs(5) }
+        MetaConfig { max_entries: DEFAULT_MAX_ENTRIES, ttl: DEFAULT_TTL }
     }
 }
 

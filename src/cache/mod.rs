@@ -280,13 +280,12 @@ impl Cache {
         Ok(())
     }
 
-    /// One page of the bucket's listing: plain objects, virtual keys and `nix-cache-info`.
-    pub async fn list(&self, query: &ListQuery) -> Result<Listing, CommitError> {
-        let mut synthesized = vec![];
-        if let Some(pair) = self.bucket_record().await? {
-            synthesized.push(Self::nix_cache_info_meta(&pair));
-        }
-        Ok(listing::list(&self.backend, &self.keys, query, &synthesized).await?)
+    /// One page of the bucket's listing: plain objects, virtual keys and `nix-cache-info`;
+    /// `None` if the bucket does not exist.
+    pub async fn list(&self, query: &ListQuery) -> Result<Option<Listing>, CommitError> {
+        let Some(pair) = self.bucket_record().await? else { return Ok(None) };
+        let synthesized = [Self::nix_cache_info_meta(&pair)];
+        Ok(Some(listing::list(&self.backend, &self.keys, query, &synthesized).await?))
     }
 
     /// The text of the bucket's `nix-cache-info` and its metadata (the bucket record's time).

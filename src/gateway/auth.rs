@@ -48,24 +48,33 @@ pub struct Access(pub Gateway);
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        if cx.credentials().is_some() || cx.extensions_mut().get::<BasicAuthenticated>().is_some() {
-            return Ok(());
-        }
+        let signed = cx.credentials().is_some();
         let bucket = match cx.s3_path() {
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => bucket.to_string(),
-            S3Path::Root => return Err(s3_error!(AccessDenied, "Anonymous users cannot list buckets")),
+            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
+            S3Path::Root => None,
         };
-        if ANONYMOUS_READS.contains(&cx.s3_op().name()) {
-            return self.0.check_anonymous_read(&bucket).await;
-        }
-        Err(s3_error!(AccessDenied, "Writes need a signature"))
+        let read = ANONYMOUS_READS.contains(&cx.s3_op().name());
+        self.0.admit(signed, cx.extensions_mut(), bucket.as_deref(), read).await
     }
 }
 
 impl Gateway {
-    /// Admits an anonymous read of `bucket` if its settings allow it (a missing bucket is
+    /// The one access rule: a signed or Basic-marked request may do anything; an anonymous one
+    /// only a `read` of a `bucket` whose settings allow anonymous reads (a missing bucket is
     /// AccessDenied too, so anonymous clients cannot probe for names).
-    pub(super) async fn check_anonymous_read(&self, bucket: &str) -> S3Result<()> {
+    pub(super) async fn admit(
+        &self,
+        signed: bool,
+        extensions: &::http::Extensions,
+        bucket: Option<&str>,
+        read: bool,
+    ) -> S3Result<()> {
+        if signed || extensions.get::<BasicAuthenticated>().is_some() {
+            return Ok(());
+        }
+        let (Some(bucket), true) = (bucket, read) else {
+            return Err(s3_error!(AccessDenied, "Anonymous users may only read public buckets"));
+        };
         let settings = self.cache(bucket).settings().await.map_err(|e| commit_error(bucket, e))?;
         match settings {
             Some(settings) if settings.anonymous_read => Ok(()),

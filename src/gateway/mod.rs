@@ -36,8 +36,9 @@ use read::Located;
 
 pub use self::http::serve;
 
-/// How a gateway is set up.
-#[derive(Debug, Clone, Default)]
+/// How a gateway is set up ([`Default`]: the configuration's defaults,
+/// [`Config::gateway_options`](crate::config::Config::gateway_options)).
+#[derive(Debug, Clone)]
 pub struct GatewayOptions {
     /// Virtual-host domains (`bucket.<domain>`); empty: path-style only.
     pub domains: Vec<String>,
@@ -49,6 +50,12 @@ pub struct GatewayOptions {
     pub chunk_cache_bytes: u64,
     /// Settings that buckets created through S3 get, by bucket name.
     pub buckets: BTreeMap<String, BucketSettings>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        crate::config::Config::default().gateway_options()
+    }
 }
 
 /// The gateway: shared by every connection, cheap to clone.
@@ -169,11 +176,8 @@ impl S3Route for ReadRoute {
     }
 
     async fn check_access(&self, req: &mut S3Request<Body>) -> S3Result<()> {
-        if req.credentials.is_some() || req.extensions.get::<auth::BasicAuthenticated>().is_some() {
-            return Ok(());
-        }
-        let bucket = req.extensions.get::<Located>().map(|l| l.bucket.clone()).unwrap_or_default();
-        self.0.check_anonymous_read(&bucket).await
+        let bucket = req.extensions.get::<Located>().map(|l| l.bucket.as_str());
+        self.0.admit(req.credentials.is_some(), &req.extensions, bucket, true).await
     }
 
     async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {

@@ -19,6 +19,7 @@
 
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -33,6 +34,7 @@ use super::target::Target;
 use crate::backend::{Attributes, BackendError, ObjectMeta};
 use crate::cache::Cache;
 use crate::nix::nixbase32;
+use crate::render::{RenderError, SegmentTable};
 
 /// The bucket and key of a GET or HEAD of an object, found when the route matched.
 #[derive(Debug, Clone)]
@@ -86,8 +88,8 @@ struct Readable {
 enum Source {
     /// Generated text.
     Bytes(Bytes),
-    /// A rendered NAR.
-    Nar([u8; 32]),
+    /// A rendered NAR, from its segment table.
+    Nar(Arc<SegmentTable>),
 }
 
 impl Gateway {
@@ -130,25 +132,15 @@ impl Gateway {
             return Ok(response);
         }
         let range = plan.range.clone();
-        let stream: BoxStream<'static, Result<Bytes, std::io::Error>> = match readable.body {
+        let stream = match readable.body {
             Source::Bytes(bytes) => {
                 futures::stream::once(
                     async move { Ok(bytes.slice(range.start as usize..range.end as usize)) },
                 )
                 .boxed()
             }
-            Source::Nar(nar_hash) => {
-                let key = located.key.clone();
-                let rendered =
-                    self.inner.renderer.range(&nar_hash, range).await.map_err(|e| render_error(&key, e))?;
-                rendered
-                    .map(move |piece| {
-                        piece.map_err(|e| {
-                            tracing::error!(%key, "rendering failed after the response started: {e}");
-                            e.into_io()
-                        })
-                    })
-                    .boxed()
+            Source::Nar(table) => {
+                logged_io(&located.key, self.inner.renderer.range_of(table, range), RenderError::into_io)
             }
         };
         response.output = sized_body(stream, plan.range.end - plan.range.start);
@@ -211,7 +203,7 @@ impl Gateway {
                 Ok(Readable {
                     meta: visible.as_ref().clone(),
                     content_type: NAR_CONTENT_TYPE,
-                    body: Source::Nar(nar_hash),
+                    body: Source::Nar(table),
                 })
             }
             Target::StoreNar { store_path } => {
@@ -230,7 +222,7 @@ impl Gateway {
                 Ok(Readable {
                     meta: visible.as_ref().clone(),
                     content_type: NAR_CONTENT_TYPE,
-                    body: Source::Nar(path.nar_hash),
+                    body: Source::Nar(table),
                 })
             }
             Target::Reserved | Target::Plain => Err(not_found()),
@@ -267,7 +259,10 @@ impl Gateway {
                 // Replaced between the stat and the GET: the client retries and sees the new one.
                 return Err(s3_error!(PreconditionFailed, "the object changed while it was read"));
             }
-            response.output = sized_body(io_stream(key, got.body), plan.range.end - plan.range.start);
+            response.output = sized_body(
+                logged_io(key, got.body, std::io::Error::other),
+                plan.range.end - plan.range.start,
+            );
             return Ok(response);
         }
         let wanted = range_header.map(|spec| match spec {
@@ -285,7 +280,8 @@ impl Gateway {
             range: got.range.clone(),
         };
         let mut response = plan.response(&got.meta, DEFAULT_CONTENT_TYPE, &got.attributes, overrides);
-        response.output = sized_body(io_stream(key, got.body), got.range.end - got.range.start);
+        response.output =
+            sized_body(logged_io(key, got.body, std::io::Error::other), got.range.end - got.range.start);
         Ok(response)
     }
 }
@@ -427,16 +423,17 @@ impl Plan {
     }
 }
 
-/// A backend body as I/O results, failures logged with the key.
-fn io_stream(
+/// A body as I/O results for hyper, each failure (which aborts the response) logged with the key.
+fn logged_io<E: std::fmt::Display + 'static>(
     key: &str,
-    body: BoxStream<'static, Result<Bytes, BackendError>>,
+    body: BoxStream<'static, Result<Bytes, E>>,
+    into_io: fn(E) -> std::io::Error,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
     let key = key.to_owned();
     body.map(move |piece| {
         piece.map_err(|e| {
-            tracing::error!(%key, "reading failed after the response started: {e}");
-            std::io::Error::other(e)
+            tracing::error!(%key, "the body failed after the response started: {e}");
+            into_io(e)
         })
     })
     .boxed()

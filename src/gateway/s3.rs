@@ -78,14 +78,14 @@ impl Gateway {
         after: Option<After>,
         max_keys: Option<i32>,
     ) -> S3Result<Listing> {
-        self.existing(bucket).await?;
         let max_keys = match max_keys {
             None => crate::cache::listing::MAX_KEYS,
             Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
             Some(n) => n as usize,
         };
         let query = ListQuery { prefix: prefix.unwrap_or_default(), delimiter, after, max_keys };
-        self.cache(bucket).list(&query).await.map_err(|e| commit_error(bucket, e))
+        let listing = self.cache(bucket).list(&query).await.map_err(|e| commit_error(bucket, e))?;
+        listing.ok_or_else(|| s3_error!(NoSuchBucket))
     }
 }
 

@@ -214,9 +214,17 @@ impl Renderer {
         nar_hash: &[u8; 32],
         range: Range<u64>,
     ) -> Result<BoxStream<'static, Result<Bytes, RenderError>>, RenderError> {
-        let table = self.table(nar_hash).await?;
+        Ok(self.range_of(self.table(nar_hash).await?, range))
+    }
+
+    /// Bytes `range` of the NAR of `table` (from [`Renderer::table`]), as [`Renderer::range`].
+    pub fn range_of(
+        &self,
+        table: Arc<SegmentTable>,
+        range: Range<u64>,
+    ) -> BoxStream<'static, Result<Bytes, RenderError>> {
         let covering = stream::chunks_covering(&table, &range).len();
         let cached = if covering <= self.config.cached_range_chunks { covering } else { 0 };
-        Ok(stream::render_range(table, self.chunks.clone(), range, self.config.stream_options(cached)))
+        stream::render_range(table, self.chunks.clone(), range, self.config.stream_options(cached))
     }
 }

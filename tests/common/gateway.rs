@@ -3,7 +3,6 @@
 //! fixtures with the same import `nargate import` runs, an `aws-sdk-s3` client pointed at it, and a
 //! raw HTTP/1.1 client for what an SDK hides (anonymous requests, exact headers, Basic auth).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -75,7 +74,7 @@ pub async fn start(backend: DynBackend) -> TestGateway {
 
 /// Options for tests: the defaults, with small caches.
 pub fn test_options() -> GatewayOptions {
-    GatewayOptions { chunk_cache_bytes: 16 << 20, buckets: BTreeMap::new(), ..Default::default() }
+    GatewayOptions { chunk_cache_bytes: 16 << 20, ..Default::default() }
 }
 
 impl TestGateway {
