@@ -41,6 +41,9 @@ pub const DEFAULT_METADATA_CACHE_ENTRIES: u64 = crate::cache::meta::DEFAULT_MAX_
 pub const DEFAULT_METADATA_TTL: Duration = crate::cache::meta::DEFAULT_TTL;
 
 /// The environment variables [`Config::load`] reads, each overriding one setting.
+/// How long a request body may send nothing before it fails with IncompleteBody.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_LISTEN",
     "NARGATE_DOMAINS",
@@ -392,6 +395,8 @@ impl Config {
             render: self.render_config(),
             chunk_cache_bytes: self.cache.chunk_cache_bytes,
             buckets: self.buckets.clone(),
+            ingest: crate::ingest::IngestOptions::default(),
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 

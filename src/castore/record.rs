@@ -26,6 +26,8 @@ pub enum RecordKind {
     CacheNar,
     /// A client key pair (`credentials/<access key id>`).
     Credentials,
+    /// What an upload key of a cache names (`caches/<bucket>/uploadkeys/<key>`).
+    UploadKey,
 }
 
 impl RecordKind {
@@ -41,6 +43,7 @@ impl RecordKind {
             RecordKind::Lock => b"NGLK",
             RecordKind::CacheNar => b"NGCN",
             RecordKind::Credentials => b"NGCR",
+            RecordKind::UploadKey => b"NGUK",
         }
     }
 }
