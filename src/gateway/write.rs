@@ -143,9 +143,7 @@ impl Gateway {
             ));
         }
         let canonical = format!("nar/{}.nar", crate::nix::nixbase32::encode(&record.nar_hash));
-        if key != canonical {
-            cache.nar_uploaded_at(key, record).await.map_err(|e| commit_error(key, e))?;
-        }
+        cache.nar_uploaded_at(key, record).await.map_err(|e| commit_error(key, e))?;
         let committed = cache.nar_landed(record).await.map_err(|e| commit_error(key, e))?;
         tracing::info!(
             %key,
