@@ -741,6 +741,8 @@ mod tests {
             listen = "[::1]:8080"
             domains = ["s3.example.com", "cache.local"]
             read_ahead = 4
+            body_idle_timeout_secs = 5
+            repair_interval_secs = 60
 
             [backend]
             type = "s3"
@@ -814,6 +816,8 @@ mod tests {
                 ),
                 ("private".into(), BucketSettings::default()),
             ]),
+            body_idle_timeout: Duration::from_secs(5),
+            repair_interval: Duration::from_secs(60),
         };
         assert_eq!(config, expected);
         assert_eq!(

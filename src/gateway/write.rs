@@ -85,13 +85,13 @@ impl Gateway {
             if let Some(failure) = receipt.as_ref().and_then(Receipt::failure) {
                 return Err(failure.to_s3());
             }
+            // The ETag is the stored object's (a plain object's, as HEAD will show it), else the
+            // MD5 of the bytes received.
             let etag = result?;
-            Ok(match receipt.and_then(|r| r.outcome()) {
-                Some(Ok(received)) => {
-                    Written { etag: hex::encode(received.md5), checksum: received.checksum }
-                }
-                _ => Written { etag: etag.unwrap_or_default(), checksum: Checksum::default() },
-            })
+            let received = receipt.and_then(|r| r.outcome()).and_then(Result::ok);
+            let checksum = received.as_ref().map(|r| r.checksum.clone()).unwrap_or_default();
+            let etag = etag.or_else(|| received.map(|r| hex::encode(r.md5))).unwrap_or_default();
+            Ok(Written { etag, checksum })
         });
         task.await.map_err(|e| internal(&logged, &e))?
     }
