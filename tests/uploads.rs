@@ -453,6 +453,32 @@ async fn commits_survive_clients_and_crashes_and_checksums_are_checked() {
         .await
         .unwrap();
     assert!(out.checksum_crc64_nvme().is_some(), "{out:?}");
+    // A checksum sent as a header is kept with a plain object and shown when asked for.
+    let crc = {
+        use s3s::crypto::Checksum as _;
+        base64::engine::general_purpose::STANDARD.encode(s3s::crypto::Crc32::checksum(b"kept"))
+    };
+    client
+        .put_object()
+        .bucket("robust")
+        .key("log/z")
+        .body(ByteStream::from_static(b"kept"))
+        .checksum_crc32(&crc)
+        .send()
+        .await
+        .unwrap();
+    let head = client
+        .head_object()
+        .bucket("robust")
+        .key("log/z")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_crc32(), Some(crc.as_str()));
+    let plain = client.head_object().bucket("robust").key("log/z").send().await.unwrap();
+    assert_eq!(plain.checksum_crc32(), None, "not shown unless asked for");
+    assert!(plain.metadata().is_none_or(|m| m.is_empty()), "checksums are not user metadata: {plain:?}");
 
     // A gateway that died between the halves: the NAR landed, the narinfo's pending record was
     // written, nobody looked for the other. The repair pass commits it.
@@ -587,4 +613,56 @@ async fn malformed_nars_are_refused_through_put_object() {
         let xz = put(&client, "bad", "nar/x.nar.xz", vec![0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2]).await;
         assert_eq!(xz.map_err(|e| e.0), Err(400), "a broken xz stream");
     }
+}
+
+/// What can be refused is refused before the body is read (hyper sends `100 Continue` only when
+/// the body is first polled, so Nix never sends a body that would be refused); dedup is global,
+/// visibility per bucket.
+#[tokio::test]
+async fn refusals_come_before_the_body_and_dedup_stays_private() {
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("first").send().await.unwrap();
+    client.create_bucket().bucket("second").send().await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", gw.keys.access_key_id, gw.keys.secret_access_key));
+    for (path, auth, status) in [
+        ("/missing/nar/x.nar.xz", true, "404"),
+        ("/first/store/x.nar", true, "400"),
+        ("/first/nar/x.nar.xz", false, "403"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let auth = if auth { format!("Authorization: Basic {basic}\r\n") } else { String::new() };
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 100000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {answer}");
+    }
+
+    let paths = fixture_cache("cache-none");
+    for (name, text, info, nar) in &paths {
+        put(&client, "first", &info.url, nar.clone()).await.unwrap();
+        put(&client, "first", name, text.clone().into_bytes()).await.unwrap();
+    }
+    let chunks = backend_keys(&gw.backend, "chunks/").await;
+    let records = backend_keys(&gw.backend, "nars/").await;
+    let (name, text, info, nar) = &paths[0];
+    // Another bucket sees none of it, though the store holds the NAR.
+    assert_eq!(get(&client, "second", name).await.unwrap_err().0, 404);
+    assert_eq!(get(&client, "second", &info.url).await.unwrap_err().0, 404);
+    put(&client, "second", name, text.clone().into_bytes()).await.unwrap();
+    assert_eq!(
+        get(&client, "second", name).await.unwrap_err().0,
+        404,
+        "a narinfo commits only against its own bucket's NAR"
+    );
+    put(&client, "second", &info.url, nar.clone()).await.unwrap();
+    assert!(get(&client, "second", name).await.is_ok());
+    assert_eq!(backend_keys(&gw.backend, "chunks/").await, chunks, "no chunk stored twice");
+    assert_eq!(backend_keys(&gw.backend, "nars/").await, records, "no NAR record stored twice");
 }

@@ -22,6 +22,10 @@ use s3s::{S3Error, S3ErrorCode, TrailingHeaders, s3_error};
 
 use crate::backend::{BackendError, ByteStream};
 
+/// The prefix of the checksum headers; also the names under which a plain object's checksums
+/// are kept in its metadata (user metadata with this prefix is not accepted).
+pub const CHECKSUM_PREFIX: &str = "x-amz-checksum-";
+
 /// The checksum algorithms S3 knows, by the name of their header.
 pub const ALGORITHMS: [&str; 5] = ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"];
 
@@ -71,6 +75,18 @@ impl Expected {
             })
             .collect();
         Ok(Expected { content_md5, checksum, trailer, trailing_headers })
+    }
+
+    /// The checksums given as headers, as metadata entries to keep with a plain object
+    /// (trailer checksums arrive after the object's metadata is written, so they are checked
+    /// but not kept).
+    pub fn header_checksums(&self) -> Vec<(String, String)> {
+        ALGORITHMS
+            .iter()
+            .filter_map(|alg| {
+                Some((format!("{CHECKSUM_PREFIX}{alg}"), value_of(&self.checksum, alg)?.trim().to_owned()))
+            })
+            .collect()
     }
 
     /// The algorithms to compute: those with a value in a header or a trailer.

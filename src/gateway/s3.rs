@@ -15,7 +15,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
-use super::body::{Expected, receive};
+use super::body::{CHECKSUM_PREFIX, Expected, receive};
 use super::conditional::whole_seconds;
 use super::error::commit_error;
 use super::write::Upload;
@@ -40,6 +40,14 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
             "canned ACL {other:?} is not supported: use private or public-read"
         )),
     }
+}
+
+/// The Content-Encoding to keep with an object: `aws-chunked` is the upload's framing, never
+/// the object's.
+fn stored_encoding(encoding: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> =
+        encoding?.split(',').map(str::trim).filter(|e| !e.is_empty() && *e != "aws-chunked").collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 /// The percent-encoding of `encoding-type=url` (RFC 3986 unreserved characters and `/` kept).
@@ -309,7 +317,7 @@ impl S3 for Gateway {
         let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
         let attributes = Attributes {
             content_type: input.content_type.clone(),
-            content_encoding: input.content_encoding.clone().filter(|e| e != "aws-chunked"),
+            content_encoding: stored_encoding(input.content_encoding.as_deref()),
             cache_control: input.cache_control.clone(),
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
@@ -319,6 +327,8 @@ impl S3 for Gateway {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| !k.starts_with(CHECKSUM_PREFIX))
+                .chain(expected.header_checksums())
                 .collect(),
         };
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
