@@ -64,7 +64,8 @@ impl Gateway {
     ) -> S3Result<Written> {
         let target = Target::of(key);
         if matches!(target, Target::StoreNar { .. } | Target::StoreView) {
-            return Err(s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths"));
+            // Refused before the body is read.
+            return Err(read_only());
         }
         let gateway = self.clone();
         let logged = key.to_owned();
@@ -79,7 +80,7 @@ impl Gateway {
                 Target::NarInfo { store_hash } => put_narinfo(&cache, &key, &store_hash, body, &upload).await,
                 Target::Listing { .. } => read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|_| None),
                 Target::CacheInfo => gateway.put_cache_info(&cache, &key, body).await,
-                Target::StoreNar { .. } | Target::StoreView => unreachable!("refused above"),
+                Target::StoreNar { .. } | Target::StoreView => Err(read_only()),
             };
             // A body that failed says why, whatever its consumer made of the failure.
             if let Some(failure) = receipt.as_ref().and_then(Receipt::failure) {
@@ -214,6 +215,11 @@ impl Gateway {
         }
         settings
     }
+}
+
+/// The error of a write under a read-only view.
+fn read_only() -> S3Error {
+    s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths")
 }
 
 /// PUT of `<storehash>.narinfo`: decoded (`Content-Encoding`), parsed, then the commit protocol.
