@@ -36,6 +36,17 @@ fn copy(nix: &Nix, url: &str, root: &Path, extra: &[&str], paths: &[String]) -> 
     nix.run(&nix.nix, &args)
 }
 
+/// A netrc in Nix's temp dir with the gateway's key pair (Nix sends it as HTTP Basic); its path.
+fn write_netrc(nix: &Nix, gw: &common::gateway::TestGateway) -> String {
+    let netrc = nix.path("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine 127.0.0.1 login {} password {}\n", gw.keys.access_key_id, gw.keys.secret_access_key),
+    )
+    .unwrap();
+    netrc.to_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_substitutes_from_the_gateway_over_http() {
     let (_dir, backend) = common::fs_backend();
@@ -72,13 +83,7 @@ async fn nix_substitutes_from_the_gateway_over_http() {
     let root = nix.path("private-store");
     let out = tokio::task::block_in_place(|| run(&nix, "closed", &root, &[]));
     assert!(!out.status.success(), "a private bucket must refuse anonymous Nix");
-    let netrc = nix.path("netrc");
-    std::fs::write(
-        &netrc,
-        format!("machine 127.0.0.1 login {} password {}\n", gw.keys.access_key_id, gw.keys.secret_access_key),
-    )
-    .unwrap();
-    let netrc_arg = netrc.to_str().unwrap().to_owned();
+    let netrc_arg = write_netrc(&nix, &gw);
     let out =
         tokio::task::block_in_place(|| run(&nix, "closed", &root, &["--option", "netrc-file", &netrc_arg]));
     assert!(out.status.success(), "nix copy with a netrc: {}", String::from_utf8_lossy(&out.stderr));
@@ -108,13 +113,7 @@ async fn nix_copies_to_the_gateway_and_back() {
     let client = gw.client();
     let paths: Vec<String> = fixture_nars().into_iter().map(|(path, _, _)| path).collect();
     let nix = Nix::new();
-    let netrc = nix.path("netrc");
-    std::fs::write(
-        &netrc,
-        format!("machine 127.0.0.1 login {} password {}\n", gw.keys.access_key_id, gw.keys.secret_access_key),
-    )
-    .unwrap();
-    let netrc_arg = netrc.to_str().unwrap().to_owned();
+    let netrc_arg = write_netrc(&nix, &gw);
     for (bucket, compression) in [("nix-up-xz", "xz"), ("nix-up-none", "none")] {
         client.create_bucket().bucket(bucket).send().await.unwrap();
         let from = format!("file://{}", fixtures().join("cache-zstd").display());

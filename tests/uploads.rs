@@ -11,22 +11,12 @@ use std::time::Duration;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine;
-use common::gateway::{TestGateway, fixture_nars, fixtures, start_with, test_options};
+use common::gateway::{TestGateway, failure, fixture_nars, fixtures, start_with, test_options};
 use nargate::backend::{self, DynBackend};
 use nargate::cache::{Pending, md5_hex};
 use nargate::nix::narinfo::NarInfo;
 use nargate::nix::signing::{PublicKey, verify_narinfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The (status, S3 error code) of a failed SDK call.
-fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
-) -> (u16, String) {
-    let err = result.expect_err("the call should fail");
-    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
-    (status, code)
-}
 
 async fn gateway() -> TestGateway {
     let backend = common::garage_backend().await;
