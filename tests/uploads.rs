@@ -232,6 +232,26 @@ async fn every_key_kind_accepts_and_refuses_what_it_should() {
     put(&client, "rows", &format!("{store_hash}.ls"), b"{\"not\": \"this\"}".to_vec()).await.unwrap();
     assert!(get(&client, "rows", &format!("{store_hash}.ls")).await.unwrap() == rendered);
 
+    // A narinfo sent with Content-Encoding is decoded before it is parsed.
+    let encoded = client
+        .put_object()
+        .bucket("rows")
+        .key(name)
+        .content_encoding("zstd")
+        .body(ByteStream::from(zstd::encode_all(text.as_bytes(), 3).unwrap()))
+        .send()
+        .await;
+    assert!(encoded.is_ok(), "{encoded:?}");
+    let bad_encoding = client
+        .put_object()
+        .bucket("rows")
+        .key(name)
+        .content_encoding("zstd")
+        .body(ByteStream::from_static(b"plain"))
+        .send()
+        .await;
+    assert_eq!(failure(bad_encoding), (400, "InvalidRequest".into()));
+
     // The same path again with another signature: signatures merged, listed once.
     let extra = "other-key:AAAA";
     let resigned = text.replace("Sig: ", &format!("Sig: {extra}\nSig: "));

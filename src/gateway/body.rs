@@ -128,8 +128,9 @@ pub fn value_of<'a>(checksum: &'a Checksum, alg: &str) -> Option<&'a str> {
 pub struct Received {
     /// Bytes received.
     pub size: u64,
-    /// Their MD5.
-    pub md5: [u8; 16],
+    /// Their MD5, when `Content-MD5` asked for it to be checked (whoever consumes the body
+    /// knows it otherwise: the backend, the ingest).
+    pub md5: Option<[u8; 16]>,
     /// The checksums the client asked for, computed (base64).
     pub checksum: Checksum,
 }
@@ -238,7 +239,7 @@ struct Receiving {
     body: Option<StreamingBlob>,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    md5: md5::Md5,
+    md5: Option<md5::Md5>,
     size: u64,
     hashers: Vec<(&'static str, Hasher)>,
     expected: Expected,
@@ -260,7 +261,7 @@ pub fn receive(
         body,
         idle,
         timer: None,
-        md5: md5::Md5::new(),
+        md5: expected.content_md5.map(|_| md5::Md5::new()),
         size: 0,
         hashers,
         expected,
@@ -283,8 +284,8 @@ impl Receiving {
 
     /// The body ended: every digest checked.
     fn finish(&mut self) -> Result<Received, BodyError> {
-        let md5: [u8; 16] = std::mem::take(&mut self.md5).finalize().into();
-        if self.expected.content_md5.is_some_and(|expected| expected != md5) {
+        let md5: Option<[u8; 16]> = self.md5.take().map(|h| h.finalize().into());
+        if md5.is_some() && md5 != self.expected.content_md5 {
             return Err(BodyError::ContentMd5);
         }
         let trailers = self.expected.trailing_headers.as_ref().and_then(TrailingHeaders::take);
@@ -331,7 +332,9 @@ impl Stream for Receiving {
         match Pin::new(body).poll_next(cx) {
             Poll::Ready(Some(Ok(piece))) => {
                 this.timer = None;
-                this.md5.update(&piece);
+                if let Some(md5) = &mut this.md5 {
+                    md5.update(&piece);
+                }
                 for (_, hasher) in &mut this.hashers {
                     hasher.update(&piece);
                 }

@@ -78,7 +78,9 @@ impl Gateway {
                 Target::Plain => gateway.put_plain(&cache, &key, body, upload).await,
                 Target::Nar { .. } | Target::NarUpload => gateway.put_nar(&cache, &key, target, body).await,
                 Target::NarInfo { store_hash } => put_narinfo(&cache, &key, &store_hash, body, &upload).await,
-                Target::Listing { .. } => read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|_| None),
+                Target::Listing { .. } => {
+                    read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|b| Some(crate::cache::md5_hex(&b)))
+                }
                 Target::CacheInfo => gateway.put_cache_info(&cache, &key, body).await,
                 Target::StoreNar { .. } | Target::StoreView => Err(read_only()),
             };
@@ -91,7 +93,7 @@ impl Gateway {
             let etag = result?;
             let received = receipt.and_then(|r| r.outcome()).and_then(Result::ok);
             let checksum = received.as_ref().map(|r| r.checksum.clone()).unwrap_or_default();
-            let etag = etag.or_else(|| received.map(|r| hex::encode(r.md5))).unwrap_or_default();
+            let etag = etag.or_else(|| received.and_then(|r| r.md5).map(hex::encode)).unwrap_or_default();
             Ok(Written { etag, checksum })
         });
         task.await.map_err(|e| internal(&logged, &e))?
@@ -171,7 +173,7 @@ impl Gateway {
             settings.want_mass_query = want;
         }
         cache.set_settings(&settings).await.map_err(|e| commit_error(key, e))?;
-        Ok(None)
+        Ok(Some(crate::cache::md5_hex(&bytes)))
     }
 
     /// DELETE of `key` (see the module docs); a missing key is not an error.
@@ -231,6 +233,7 @@ async fn put_narinfo(
     upload: &Upload,
 ) -> S3Result<Option<String>> {
     let bytes = read_small(key, body, MAX_NARINFO_LEN).await?;
+    let etag = crate::cache::md5_hex(&bytes);
     let bytes = decode_content(bytes, upload.attributes.content_encoding.as_deref(), MAX_NARINFO_LEN).await?;
     let invalid = |e: &dyn std::fmt::Display| {
         S3Error::with_message(S3ErrorCode::InvalidRequest, format!("invalid narinfo: {e}"))
@@ -248,7 +251,7 @@ async fn put_narinfo(
         }
         Err(e) => return Err(commit_error(key, e)),
     }
-    Ok(Some(crate::cache::md5_hex(&bytes)))
+    Ok(Some(etag))
 }
 
 /// Reads a small upload whole: at most `limit` bytes, else EntityTooLarge.
