@@ -676,3 +676,26 @@ async fn refusals_come_before_the_body_and_dedup_stays_private() {
     assert_eq!(backend_keys(&gw.backend, "chunks/").await, chunks, "no chunk stored twice");
     assert_eq!(backend_keys(&gw.backend, "nars/").await, records, "no NAR record stored twice");
 }
+
+/// An ingest that meets a GC that does not end in time answers 409 OperationAborted (a 4xx: Nix
+/// retries a 5xx with an empty body), and nothing of it is visible; once the GC is gone, the
+/// same upload succeeds.
+#[tokio::test]
+async fn an_upload_during_gc_is_a_conflict() {
+    let backend = common::garage_backend().await;
+    let mut options = test_options();
+    options.ingest.gc_wait = Duration::from_millis(500);
+    let gw = start_with(backend, options).await;
+    let client = gw.client();
+    client.create_bucket().bucket("during-gc").send().await.unwrap();
+    let (_, _, info, nar) = &fixture_cache("cache-none")[0];
+    gw.backend.put("locks/gc", bytes::Bytes::from_static(b"a GC")).await.unwrap();
+    assert_eq!(
+        put(&client, "during-gc", &info.url, nar.clone()).await.unwrap_err(),
+        (409, "OperationAborted".into())
+    );
+    assert_eq!(get(&client, "during-gc", &info.url).await.unwrap_err().0, 404);
+    gw.backend.delete("locks/gc").await.unwrap();
+    put(&client, "during-gc", &info.url, nar.clone()).await.unwrap();
+    assert!(get(&client, "during-gc", &info.url).await.unwrap() == *nar);
+}
