@@ -748,6 +748,7 @@ mod tests {
             anonymous_read = true
             priority = 30
             want_mass_query = false
+            browse = true
 
             [buckets.private]
             "#,
@@ -788,6 +789,7 @@ mod tests {
                         anonymous_read: Some(true),
                         priority: Some(30),
                         want_mass_query: Some(false),
+                        browse: Some(true),
                     },
                 ),
                 ("private".into(), BucketSettings::default()),

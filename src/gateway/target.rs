@@ -29,8 +29,17 @@ pub enum Target {
         /// The store path.
         store_path: StorePath,
     },
-    /// Any other key under `nar/` or `store/`: names nothing that can be read (upload keys of
-    /// compressed NARs are not kept; `store/` is a read-only view).
+    /// `tree/<storehash>-<name>[/<path>]`: a file, symlink or empty directory of a store path
+    /// (the bucket setting `browse`; a read-only view).
+    Tree {
+        /// The store path.
+        store_path: StorePath,
+        /// The key after `tree/<storehash>-<name>`: empty, or starting with `/` (see
+        /// [`crate::render::tree`]).
+        path: String,
+    },
+    /// Any other key under `nar/`, `store/` or `tree/`: names nothing that can be read (upload keys of
+    /// compressed NARs are not kept; `store/` and `tree/` are read-only views).
     Reserved,
     /// Anything else (`log/…`, `realisations/…`, …): a plain object, stored verbatim.
     Plain,
@@ -70,12 +79,25 @@ impl Target {
                 _ => Target::Reserved,
             };
         }
+        if let Some(rest) = key.strip_prefix("tree/") {
+            let (base, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+            return match StorePath::from_base_name(base) {
+                Ok(store_path) => Target::Tree { store_path, path: path.to_owned() },
+                Err(_) => Target::Reserved,
+            };
+        }
         Target::Plain
     }
 
     /// Whether the gateway renders this key (rather than storing it verbatim).
     pub fn is_virtual(&self) -> bool {
         !matches!(self, Target::Plain)
+    }
+
+    /// Whether this key is in a read-only view of store paths (`store/`, `tree/`), where writes
+    /// are a client's mistake (400), not a missing feature.
+    pub fn is_read_only_view(&self) -> bool {
+        matches!(self, Target::StoreNar { .. } | Target::Tree { .. })
     }
 }
 
@@ -102,5 +124,15 @@ mod tests {
         assert_eq!(Target::of("log/abc-hello.drv"), Target::Plain);
         assert_eq!(Target::of("realisations/sha256:x!out.doi"), Target::Plain);
         assert_eq!(Target::of("nix-cache-info.bak"), Target::Plain);
+        let tree = |path: &str| Target::Tree {
+            store_path: StorePath::from_base_name(&format!("{hash}-hello")).unwrap(),
+            path: path.into(),
+        };
+        assert_eq!(Target::of(&format!("tree/{hash}-hello")), tree(""));
+        assert_eq!(Target::of(&format!("tree/{hash}-hello/")), tree("/"));
+        assert_eq!(Target::of(&format!("tree/{hash}-hello/bin/a b")), tree("/bin/a b"));
+        assert!(Target::of(&format!("tree/{hash}-hello/x")).is_read_only_view());
+        assert_eq!(Target::of("tree/"), Target::Reserved);
+        assert_eq!(Target::of("tree/x/y"), Target::Reserved);
     }
 }
