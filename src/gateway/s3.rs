@@ -47,6 +47,9 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
 fn plain_only(key: &str) -> S3Result<()> {
     match Target::of(key) {
         Target::Plain => Ok(()),
+        target if target.is_read_only_view() => {
+            Err(s3_error!(InvalidRequest, "{key:?} is in a read-only view of the cache's store paths"))
+        }
         _ => Err(s3_error!(
             NotImplemented,
             "{key:?} is a key this gateway renders; uploads of NARs and narinfos are not supported yet"
