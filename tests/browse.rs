@@ -167,8 +167,8 @@ async fn every_node_lists_and_reads_back_as_restored() {
     let nix = Nix::new();
     let restored = restored(&nix);
     let mut top = vec![];
-    for (base, path) in restored.iter().cloned() {
-        let expected = expected_keys(&path);
+    for (base, path) in &restored {
+        let expected = expected_keys(path);
         let key_of = |k: &str| format!("tree/{base}{k}");
         top.push((base.clone(), expected.contains_key("")));
         // Without a delimiter, in pages of 3: every key once, in byte order, with its size.
