@@ -14,7 +14,7 @@
 
 mod common;
 use common::content;
-use common::serving::{GatewayProcess, Side, client, gateway_toml, ingest_store_path, loadavg, median, ms};
+use common::serving::{Side, client, ingest_store_path, loadavg, median, ms, start_gateway};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,14 +103,14 @@ async fn fetch(side: &Side, key: &str) -> Vec<u8> {
     out.body.collect().await.expect("body").into_bytes().to_vec()
 }
 
-/// Walks `tree/<base>/` through the gateway and writes every file under `to`, `concurrency` GETs
-/// at a time: (files, bytes, time).
+/// Walks `tree/<base>/` through the gateway and writes every key (files, symlinks as files holding
+/// their targets, empty directories) under `to`, `concurrency` GETs at a time: (keys, bytes, time).
 async fn walk_gateway(side: &Side, base: &str, to: &Path, concurrency: usize) -> (usize, u64, Duration) {
     let start = Instant::now();
     let prefix = format!("tree/{base}/");
     let keys = list_keys(side, &prefix).await;
     let bytes: u64 = keys.iter().map(|(_, s)| s).sum();
-    let files = keys.len();
+    let count = keys.len();
     futures::stream::iter(keys)
         .map(|(key, _)| {
             let (side, prefix, to) = (side.clone(), prefix.clone(), to.to_owned());
@@ -134,7 +134,7 @@ async fn walk_gateway(side: &Side, base: &str, to: &Path, concurrency: usize) ->
         .buffer_unordered(concurrency)
         .collect::<Vec<()>>()
         .await;
-    (files, bytes, start.elapsed())
+    (count, bytes, start.elapsed())
 }
 
 /// GETs the whole NAR `key` from Garage and pipes it into `nix-store --restore to`.
@@ -231,16 +231,8 @@ async fn main() {
         begun.elapsed().as_secs_f64()
     );
 
-    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
-    let toml = gateway_toml(
-        &garage.endpoint,
-        &backend_bucket,
-        &garage.key_id,
-        &garage.secret_key,
-        client_id,
-        &client_secret,
-    );
-    let gateway_process = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    let (gateway_process, client_id, client_secret) =
+        start_gateway(&garage.endpoint, &backend_bucket, &garage.key_id, &garage.secret_key).await;
     let gw = Side {
         client: client(&gateway_process.endpoint, "us-east-1", client_id, &client_secret, true),
         bucket: CACHE.into(),
@@ -263,7 +255,7 @@ async fn main() {
     .enumerate()
     {
         let to = nix.path(&format!("walk-{runs}"));
-        let (files, bytes, g) = walk_gateway(&gw, &python_base, &to, concurrency).await;
+        let (keys, bytes, g) = walk_gateway(&gw, &python_base, &to, concurrency).await;
         let restored = nix.path(&format!("restored-{runs}"));
         let d = restore_direct(&direct, "python.nar", &nix, &restored).await;
         let diff = std::process::Command::new("diff")
@@ -277,9 +269,9 @@ async fn main() {
             String::from_utf8_lossy(&diff.stdout).lines().filter(|l| !l.contains("symbolic link")).count();
         assert_eq!(differences, 0, "the walked files differ from the restored NAR");
         println!(
-            "{what}: gateway {} ({files} GETs + {} LISTs, {:.1} MiB), direct GET + nix-store --restore {}, ratio {:.2}",
+            "{what}: gateway {} ({keys} GETs + {} LISTs, {:.1} MiB), direct GET + nix-store --restore {}, ratio {:.2}",
             ms(g),
-            files.div_ceil(1000),
+            keys.div_ceil(1000),
             bytes as f64 / f64::from(1 << 20),
             ms(d),
             g.as_secs_f64() / d.as_secs_f64()

@@ -17,7 +17,7 @@
 mod common;
 use common::content;
 use common::serving::{
-    GatewayProcess, Side, client, cpu_of, gateway_toml, ingest_store_path, loadavg, median, mib_per_s, ms,
+    Side, client, cpu_of, ingest_store_path, loadavg, median, mib_per_s, ms, start_gateway,
 };
 
 use std::collections::HashSet;
@@ -300,16 +300,8 @@ async fn main() {
         begun.elapsed().as_secs_f64()
     );
 
-    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
-    let toml = gateway_toml(
-        &garage.endpoint,
-        &backend_bucket,
-        &garage.key_id,
-        &garage.secret_key,
-        client_id,
-        &client_secret,
-    );
-    let gateway_process = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    let (gateway_process, client_id, client_secret) =
+        start_gateway(&garage.endpoint, &backend_bucket, &garage.key_id, &garage.secret_key).await;
     let gw_endpoint = gateway_process.endpoint.clone();
     let gateway_client = |quickack| client(&gw_endpoint, "us-east-1", client_id, &client_secret, quickack);
     let direct_client =

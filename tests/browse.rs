@@ -144,6 +144,14 @@ async fn walk_v1(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str, page: 
     out
 }
 
+/// One ListObjectsV2 page of `prefix` with the delimiter `/`: (keys, common prefixes).
+async fn delimited(client: &aws_sdk_s3::Client, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let reply = client.list_objects_v2().bucket("nix").prefix(prefix).delimiter("/").send().await.unwrap();
+    let keys = reply.contents().iter().map(|o| o.key().unwrap().to_owned()).collect();
+    let prefixes = reply.common_prefixes().iter().map(|p| p.prefix().unwrap().to_owned()).collect();
+    (keys, prefixes)
+}
+
 async fn browsing_gateway(backend: DynBackend, anonymous: bool) -> TestGateway {
     let gw = start(backend).await;
     gw.import("nix", anonymous, &["cache-none"]).await;
@@ -222,9 +230,7 @@ async fn every_node_lists_and_reads_back_as_restored() {
     }
     // `tree/` with a delimiter: a common prefix for every store path whose root is a directory,
     // an object for the top-level file and symlink.
-    let reply = client.list_objects_v2().bucket("nix").prefix("tree/").delimiter("/").send().await.unwrap();
-    let prefixes: Vec<&str> = reply.common_prefixes().iter().map(|p| p.prefix().unwrap()).collect();
-    let objects: Vec<&str> = reply.contents().iter().map(|o| o.key().unwrap()).collect();
+    let (objects, prefixes) = delimited(&client, "tree/").await;
     top.sort();
     let want_prefixes: Vec<String> =
         top.iter().filter(|(_, file)| !file).map(|(b, _)| format!("tree/{b}/")).collect();
@@ -234,9 +240,7 @@ async fn every_node_lists_and_reads_back_as_restored() {
     assert_eq!(objects, want_objects);
     assert_eq!(want_objects.len(), 2, "the fixtures have a top-level file and a top-level symlink");
     // The bucket's root shows `tree/` as one common prefix, beside `nar/` and `store/`.
-    let reply = client.list_objects_v2().bucket("nix").delimiter("/").send().await.unwrap();
-    let prefixes: Vec<&str> = reply.common_prefixes().iter().map(|p| p.prefix().unwrap()).collect();
-    assert_eq!(prefixes, ["nar/", "store/", "tree/"]);
+    assert_eq!(delimited(&client, "").await.1, ["nar/", "store/", "tree/"]);
     // A recursive listing of the whole bucket holds every tree key, in order, across pages.
     let all = list_all_v2(&client, "nix", "", 7).await;
     let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
@@ -396,15 +400,8 @@ async fn backend_requests_are_counted() {
 
     // Warm: a listing page of a directory, and the same GET again.
     counting.reset();
-    let reply = cold_client
-        .list_objects_v2()
-        .bucket("nix")
-        .prefix(format!("tree/{base}/"))
-        .delimiter("/")
-        .send()
-        .await
-        .unwrap();
-    assert!(!reply.contents().is_empty() || !reply.common_prefixes().is_empty());
+    let (_, prefixes) = delimited(&cold_client, &format!("tree/{base}/")).await;
+    assert!(prefixes.contains(&format!("tree/{base}/bin/")), "{prefixes:?}");
     let reply = cold_client
         .list_objects()
         .bucket("nix")
@@ -530,4 +527,55 @@ impl Drop for Mount {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// NAR names are bytes: a name that is not UTF-8 is listed and read under its key with each
+/// invalid byte as `%XX`, and a `%` that two hex digits follow as `%25`.
+#[tokio::test]
+async fn names_that_are_not_utf8_are_percent_encoded() {
+    use nargate::nix::nar::{NarNode, write_nar};
+    let gw = browsing_gateway(common::garage_backend().await, false).await;
+    let file = |contents: &[u8]| NarNode::File { executable: false, contents: contents.to_vec() };
+    let nar = write_nar(&NarNode::Directory(vec![
+        (b"%41".to_vec(), file(b"percent")),
+        (b"caf\xe9".to_vec(), file(b"latin-1")),
+        (b"d\xff".to_vec(), NarNode::Directory(vec![(b"x".to_vec(), file(b"under"))])),
+        (b"link".to_vec(), NarNode::Symlink { target: b"caf\xe9".to_vec() }),
+    ]))
+    .unwrap();
+    let store = nargate::castore::ChunkStore::new(gw.backend.clone(), 1 << 20);
+    let options = nargate::ingest::IngestOptions::default();
+    let ingested = nargate::ingest::ingest_nar(&store, &nar[..], &options).await.unwrap();
+    let cache = gw.cache("nix");
+    cache.nar_landed(&ingested.record).await.unwrap();
+    let base = "0c7mdwkqq5y5hjmiv4hjqn8kfqgr6xr0-bytes";
+    let store_path = nargate::nix::store_path::StorePath::from_base_name(base).unwrap();
+    let url = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&ingested.record.nar_hash));
+    let info = nargate::nix::narinfo::NarInfo::new(
+        store_path,
+        url,
+        &ingested.record.nar_hash,
+        ingested.record.nar_size,
+    );
+    cache.narinfo_arrived(&base[..32], &info).await.unwrap();
+
+    let client = gw.client();
+    let listed = list_all_v2(&client, "nix", &format!("tree/{base}/"), 1000).await;
+    let keys: Vec<&str> =
+        listed.iter().map(|(k, _)| k.strip_prefix(&format!("tree/{base}")).unwrap()).collect();
+    assert_eq!(keys, ["/%2541", "/caf%E9", "/d%FF/x", "/link"]);
+    for (key, body) in
+        [("/%2541", &b"percent"[..]), ("/caf%E9", b"latin-1"), ("/d%FF/x", b"under"), ("/link", b"caf\xe9")]
+    {
+        let out = client.get_object().bucket("nix").key(format!("tree/{base}{key}")).send().await.unwrap();
+        if key == "/link" {
+            assert_eq!(
+                out.metadata().and_then(|m| m.get("symlink-target")).map(String::as_str),
+                Some("caf%E9")
+            );
+        }
+        assert_eq!(&out.body.collect().await.unwrap().into_bytes()[..], body, "{key}");
+    }
+    let (_, prefixes) = delimited(&client, &format!("tree/{base}/")).await;
+    assert_eq!(prefixes, [format!("tree/{base}/d%FF/")]);
 }

@@ -162,17 +162,16 @@ pub fn loadavg() -> String {
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// The configuration of a gateway over the Garage bucket `bucket` (its endpoint and key pair given)
-/// with one client key pair.
-pub fn gateway_toml(
+/// `nargate serve` as a process over the Garage bucket `bucket` (Garage's endpoint and key pair
+/// given), with a new client key pair: the process, and the pair's id and secret.
+pub async fn start_gateway(
     endpoint: &str,
     bucket: &str,
     key_id: &str,
     secret_key: &str,
-    client_id: &str,
-    client_secret: &str,
-) -> String {
-    format!(
+) -> (GatewayProcess, &'static str, String) {
+    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
+    let toml = format!(
         r#"
 [backend]
 type = "s3"
@@ -187,7 +186,9 @@ secret_access_key = "{secret_key}"
 access_key_id = "{client_id}"
 secret_access_key = "{client_secret}"
 "#
-    )
+    );
+    let process = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    (process, client_id, client_secret)
 }
 
 /// Ingests `nar` into the cache and commits a store path `<random hash>-<name>` for it, as an
