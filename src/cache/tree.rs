@@ -166,22 +166,18 @@ impl<'a> TreeStream<'a> {
             }
             None => {
                 let rest = prefix.get(TREE_PREFIX.len()..).unwrap_or("");
-                if rest.contains('/') {
-                    // `tree/<less than a hash>/…` names no store path.
-                    Source::One(None)
-                } else {
-                    let start = match &query.after {
-                        None => Some(None),
-                        Some(After::Key(at) | After::Prefix(at)) => store_start(cache, at),
-                    };
-                    match start {
-                        Some(start_after) => Source::Index {
-                            request: Some(store_request(cache, rest, start_after, query.max_keys)),
-                            paths: VecDeque::new(),
-                        },
-                        None => Source::One(None),
+                let start = match &query.after {
+                    None => Some(None),
+                    Some(After::Key(at) | After::Prefix(at)) => store_start(cache, at),
+                };
+                // `tree/<less than a hash>/…` names no store path; a start past `tree/` none either.
+                let request = match start {
+                    Some(start_after) if !rest.contains('/') => {
+                        Some(store_request(cache, rest, start_after, query.max_keys))
                     }
-                }
+                    _ => None,
+                };
+                Source::Index { request, paths: VecDeque::new() }
             }
         };
         Ok(Some(TreeStream { cache, renderer, query, source, current: None, buffer: VecDeque::new() }))

@@ -129,7 +129,8 @@ async fn load_record(
 /// Settings of a [`Renderer`].
 #[derive(Debug, Clone, Copy)]
 pub struct RenderConfig {
-    /// Capacity of the segment-table cache, in bytes.
+    /// Capacity of the segment-table cache, in bytes; the cache of trees ([`Renderer::tree`]) has
+    /// the same.
     pub table_cache_bytes: u64,
     /// Chunks fetched ahead of the reader.
     pub read_ahead: usize,

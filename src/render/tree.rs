@@ -121,6 +121,9 @@ impl StoreTree {
                 *offset = nar_offset;
             }
         }
+        if contents.next().map(|(nar_offset, _)| Some(nar_offset)) != Some(sentinel) {
+            return Err(TreeError::TableMismatch("more content segments than files"));
+        }
         let mut entries = walk.entries;
         entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         entries.shrink_to_fit();
