@@ -454,7 +454,8 @@ impl Plan {
             for (name, value) in &attributes.metadata {
                 // Checksums stored with the object are headers of their own, when asked for.
                 let header = match name.strip_prefix(super::body::CHECKSUM_PREFIX) {
-                    Some(_) if overrides.checksum_mode => name.clone(),
+                    // Whole-object checksums describe whole responses only (S3 omits them for ranges).
+                    Some(_) if overrides.checksum_mode && self.status == StatusCode::OK => name.clone(),
                     Some(_) => continue,
                     None => format!("x-amz-meta-{name}"),
                 };
