@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use common::gateway::{TestGateway, fixture_nars, start};
-use common::nix::{Nix, find_program};
+use common::nix::Nix;
 use nargate::backend::counting::CountingBackend;
 use nargate::backend::{DynBackend, Op};
 use nargate::cache::BucketSettings;
@@ -430,10 +430,8 @@ async fn backend_requests_are_counted() {
 /// `rclone mount` (Debian's rclone and fuse3) of `tree/`, read-only: each mounted store path is
 /// what `nix-store --restore` unpacks (symlinks, which rclone shows as files, hold their targets),
 /// with as many entries.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rclone_mount_shows_the_restored_store_paths() {
-    let rclone = find_program("rclone");
-    let fusermount = find_program("fusermount3");
     let gw = browsing_gateway(common::garage_backend().await, false).await;
     let nix = Nix::new();
     let restored = restored(&nix);
@@ -444,37 +442,10 @@ async fn rclone_mount_shows_the_restored_store_paths() {
     }
     let mountpoint = nix.path("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
-    let mut command = std::process::Command::new(&rclone);
-    command
-        .env_remove("AWS_CA_BUNDLE")
-        .env("RCLONE_CONFIG_GW_TYPE", "s3")
-        .env("RCLONE_CONFIG_GW_PROVIDER", "Other")
-        .env("RCLONE_CONFIG_GW_ENDPOINT", &gw.endpoint)
-        .env("RCLONE_CONFIG_GW_ACCESS_KEY_ID", &gw.keys.access_key_id)
-        .env("RCLONE_CONFIG_GW_SECRET_ACCESS_KEY", &gw.keys.secret_access_key)
-        .env("RCLONE_CONFIG_GW_ENV_AUTH", "false")
-        .env("RCLONE_CONFIG", nix.path("rclone.conf"))
-        .args(["mount", "gw:nix/tree", "--read-only", "--dir-cache-time", "1s", "-vv"])
-        .arg(&mountpoint)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(nix.path("rclone.log")).unwrap());
-    let child = command.spawn().expect("run rclone mount");
-    let _mount = Mount { child, mountpoint: mountpoint.clone(), fusermount };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mountpoint_for_poll = mountpoint.clone();
-    let mounted = tokio::task::spawn_blocking(move || {
-        while std::time::Instant::now() < deadline {
-            if std::fs::read_dir(&mountpoint_for_poll).map(|d| d.count()).unwrap_or(0) > 0 {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        false
-    })
-    .await
-    .unwrap();
-    let log = || std::fs::read_to_string(nix.path("rclone.log")).unwrap_or_default();
-    assert!(mounted, "rclone mount did not come up:\n{}", log());
+    let rclone = common::rclone::Rclone::new(&gw);
+    let mount =
+        tokio::task::block_in_place(|| rclone.mount("gw:nix/tree", &mountpoint, &["--dir-cache-time", "1s"]));
+    let log = || mount.log();
     let flat_for_diff = flat.clone();
     let mount_for_diff = mountpoint.clone();
     let (diff, counts) = tokio::task::spawn_blocking(move || {
@@ -517,21 +488,6 @@ fn flatten_symlinks(from: &Path, to: &Path) {
             let entry = entry.unwrap();
             flatten_symlinks(&entry.path(), &to.join(entry.file_name()));
         }
-    }
-}
-
-/// A running `rclone mount`: unmounted and stopped when dropped, even when the test fails.
-struct Mount {
-    child: std::process::Child,
-    mountpoint: PathBuf,
-    fusermount: PathBuf,
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.fusermount).arg("-u").arg(&self.mountpoint).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
