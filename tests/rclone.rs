@@ -27,6 +27,16 @@ async fn rclone_copies_checks_and_hashes_a_cache() {
     ok(&["mkdir", "gw:rcxz"]);
     ok(&["copy", "--s3-no-head", fixtures().join("cache-xz").to_str().unwrap(), "gw:rcxz"]);
 
+    // Copied again with other modification times: rclone updates them (a CopyObject onto itself).
+    let touched = tempfile::tempdir().unwrap();
+    common::nix::copy_dir(&cache, touched.path());
+    let again = tokio::task::block_in_place(|| {
+        rclone.run(&["copy", "-v", "--s3-no-head", touched.path().to_str().unwrap(), "gw:rcnone"])
+    });
+    assert!(again.status.success(), "rclone copy again: {}", String::from_utf8_lossy(&again.stderr));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("Updated modification time in destination"), "{said}");
+
     let listed = String::from_utf8(ok(&["lsf", "-R", "gw:rcnone"])).unwrap();
     for (store_path, nar_hash, _) in fixture_nars() {
         let hash = &store_path["/nix/store/".len()..][..32];

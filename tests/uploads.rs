@@ -699,3 +699,53 @@ async fn an_upload_during_gc_is_a_conflict() {
     put(&client, "during-gc", &info.url, nar.clone()).await.unwrap();
     assert!(get(&client, "during-gc", &info.url).await.unwrap() == *nar);
 }
+
+/// CopyObject reads its source whole (a virtual key rendered) and writes it as a PutObject of
+/// those bytes would: a NAR copied into another bucket is ingested there, a narinfo commits, a
+/// plain object keeps its metadata or takes new, and a copy onto itself succeeds (as rclone's
+/// modification-time updates send).
+#[tokio::test]
+async fn copy_object_writes_what_a_put_of_the_source_would() {
+    let gw = gateway().await;
+    let client = gw.client();
+    gw.import("from", false, &["cache-none"]).await;
+    client.create_bucket().bucket("into").send().await.unwrap();
+    let (name, _, info, nar) = &fixture_cache("cache-none")[0];
+    let copy = |src: String, bucket: &'static str, key: String| {
+        client.copy_object().copy_source(src).bucket(bucket).key(key).send()
+    };
+    copy(format!("from/{}", info.url), "into", info.url.clone()).await.unwrap();
+    copy(format!("from/{name}"), "into", name.clone()).await.unwrap();
+    assert!(get(&client, "into", &info.url).await.unwrap() == *nar);
+    assert_eq!(get(&client, "into", name).await.unwrap(), get(&client, "from", name).await.unwrap());
+
+    client
+        .put_object()
+        .bucket("from")
+        .key("log/a")
+        .content_type("text/plain")
+        .metadata("k", "v")
+        .body(ByteStream::from_static(b"log"))
+        .send()
+        .await
+        .unwrap();
+    copy("from/log/a".into(), "into", "log/b".into()).await.unwrap();
+    let head = client.head_object().bucket("into").key("log/b").send().await.unwrap();
+    assert_eq!(
+        (head.content_type(), head.metadata().and_then(|m| m.get("k")).map(String::as_str)),
+        (Some("text/plain"), Some("v"))
+    );
+    client
+        .copy_object()
+        .copy_source(format!("into/{name}"))
+        .bucket("into")
+        .key(name)
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .metadata("mtime", "1700000000")
+        .send()
+        .await
+        .unwrap();
+    assert!(get(&client, "into", name).await.is_ok());
+    let missing = client.copy_object().copy_source("from/log/none").bucket("into").key("log/c").send().await;
+    assert_eq!(failure(missing), (404, "NoSuchKey".into()));
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use s3s::{Body, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
@@ -144,7 +144,19 @@ impl Gateway {
             return Ok(response);
         }
         let range = plan.range.clone();
-        let stream = match readable.body {
+        let stream = self.stream(&located.key, readable.body, range);
+        response.output = sized_body(stream, plan.range.end - plan.range.start);
+        Ok(response)
+    }
+
+    /// The bytes `range` of a readable object, each failure logged with its key.
+    fn stream(
+        &self,
+        key: &str,
+        source: Source,
+        range: Range<u64>,
+    ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+        match source {
             Source::Bytes(bytes) => {
                 futures::stream::once(
                     async move { Ok(bytes.slice(range.start as usize..range.end as usize)) },
@@ -152,15 +164,44 @@ impl Gateway {
                 .boxed()
             }
             Source::Nar(table) => {
-                logged_io(&located.key, self.inner.renderer.range_of(table, range), RenderError::into_io)
+                logged_io(key, self.inner.renderer.range_of(table, range), RenderError::into_io)
             }
             Source::NarSpan(table, at) => {
                 let span = at + range.start..at + range.end;
-                logged_io(&located.key, self.inner.renderer.range_of(table, span), RenderError::into_io)
+                logged_io(key, self.inner.renderer.range_of(table, span), RenderError::into_io)
             }
+        }
+    }
+
+    /// The whole of object `key` of `bucket` (plain or virtual), with its metadata and
+    /// attributes: the source of a CopyObject.
+    pub(super) async fn object_source(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(ObjectMeta, Attributes, crate::backend::ByteStream)> {
+        let cache = self.cache(bucket);
+        let target = Target::of(key);
+        let (record, readable) = tokio::join!(cache.bucket_record(), async {
+            match target {
+                Target::Plain => None,
+                target => Some(self.resolve(&cache, target, key).await),
+            }
+        });
+        record.map_err(|e| commit_error(key, e))?.ok_or_else(|| s3_error!(NoSuchBucket))?;
+        let Some(readable) = readable else {
+            let got = cache.get_plain(key, None).await.map_err(|e| backend_error(key, e))?;
+            return Ok((got.meta, got.attributes, got.body));
         };
-        response.output = sized_body(stream, plan.range.end - plan.range.start);
-        Ok(response)
+        let readable = readable?;
+        let attributes =
+            Attributes { content_type: Some(readable.content_type.to_owned()), ..Default::default() };
+        let owned = key.to_owned();
+        let body = self
+            .stream(key, readable.body, 0..readable.meta.size)
+            .map_err(move |source| BackendError::Io { key: owned.clone(), source })
+            .boxed();
+        Ok((readable.meta, attributes, body))
     }
 
     /// What a virtual key is, if this bucket shows it.

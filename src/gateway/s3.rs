@@ -10,6 +10,7 @@
 //! | GetBucketAcl, PutBucketAcl | the bucket's anonymous-read setting, as S3 ACLs |
 //! | ListObjects, ListObjectsV2 | the merged listing of plain objects and virtual keys |
 //! | PutObject, DeleteObject, DeleteObjects | every key, as [`super::write`] maps them |
+//! | CopyObject | the source read whole (rendered, for a virtual key), written as a PutObject of it |
 
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
@@ -346,6 +347,40 @@ impl S3 for Gateway {
             checksum_crc64nvme: checksum.checksum_crc64nvme,
             checksum_sha1: checksum.checksum_sha1,
             checksum_sha256: checksum.checksum_sha256,
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let CopySource::Bucket { bucket: src_bucket, key: src_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "copies from access points are not supported"));
+        };
+        self.existing(&input.bucket).await?;
+        let replace =
+            input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let attributes = replace.then(|| Attributes {
+            content_type: input.content_type.clone(),
+            content_encoding: stored_encoding(input.content_encoding.as_deref()),
+            cache_control: input.cache_control.clone(),
+            content_disposition: input.content_disposition.clone(),
+            content_language: input.content_language.clone(),
+            metadata: input
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| !k.starts_with(CHECKSUM_PREFIX))
+                .collect(),
+        });
+        let written = self.copy_into((src_bucket, src_key), (&input.bucket, &input.key), attributes).await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(written.etag)),
+                last_modified: Some(Timestamp::from(whole_seconds(std::time::SystemTime::now()))),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }

@@ -177,6 +177,26 @@ impl Gateway {
         Ok(Some(crate::cache::md5_hex(&bytes)))
     }
 
+    /// CopyObject: `dst_key` of `dst_bucket` written from the whole of `src_key` of
+    /// `src_bucket` (rendered, if it is a virtual key), as a PUT of those bytes would write it,
+    /// with the source's attributes or `replace`. A copy onto itself rewrites the same bytes
+    /// (rclone sets modification times so).
+    pub(super) async fn copy_into(
+        &self,
+        (src_bucket, src_key): (&str, &str),
+        (dst_bucket, dst_key): (&str, &str),
+        replace: Option<Attributes>,
+    ) -> S3Result<Written> {
+        let (_, attributes, body) = self.object_source(src_bucket, src_key).await?;
+        let mut attributes = replace.unwrap_or(attributes);
+        if Target::of(src_key) != Target::Plain {
+            // A rendered key's content type is the gateway's, not an attribute to keep.
+            attributes.content_type = None;
+        }
+        let upload = Upload { attributes, ..Default::default() };
+        self.write_object(dst_bucket, dst_key, body, upload).await
+    }
+
     /// DELETE of `key` (see the module docs); a missing key is not an error.
     pub(super) async fn delete_key(&self, bucket: &str, key: &str) -> S3Result<()> {
         let cache = self.cache(bucket);
