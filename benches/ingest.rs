@@ -100,10 +100,56 @@ fn ingest_fs<'a>(bench: &'a Bench, nar: &'a Bytes) -> BoxFuture<'a, Duration> {
 async fn timed_ingest(backend: DynBackend, nar: &Bytes) -> Duration {
     let store = ChunkStore::new(backend, 0);
     let start = Instant::now();
-    let ingested = ingest_nar(&store, body(nar.clone()), &IngestOptions::default()).await.expect("ingest");
+    let ingested = ingest_nar(&store, body(nar.clone()), &options()).await.expect("ingest");
     let elapsed = start.elapsed();
     assert_eq!(ingested.record.nar_size, nar.len() as u64);
     elapsed
+}
+
+/// The ingests' options: the defaults, and the zstd level of `INGEST_BENCH_ZSTD_LEVEL` if set.
+fn options() -> IngestOptions {
+    let mut options = IngestOptions::default();
+    if let Ok(level) = std::env::var("INGEST_BENCH_ZSTD_LEVEL") {
+        options.zstd_level = level.parse().expect("INGEST_BENCH_ZSTD_LEVEL: a zstd level");
+    }
+    options
+}
+
+/// CPU time (user + system) process `pid` has used.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else { return Duration::ZERO };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The parent of process `pid`, and its name.
+fn parent_and_name(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
+}
+
+/// The Garage server this process started (under its `sh` supervisor).
+fn garage_pid() -> u32 {
+    let me = std::process::id();
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let supervisors: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
+        .collect();
+    pids.into_iter()
+        .find(|&p| {
+            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
+        })
+        .expect("the Garage process")
 }
 
 /// `nar` as an `AsyncRead` of [`PIECE`]-sized pieces.
@@ -199,17 +245,29 @@ async fn main() {
         .filter(|(i, (name, _))| *i == 0 || filter.is_none_or(|f| name.contains(f.as_str())))
         .map(|(_, case)| case)
         .collect();
+    let garage_pid = garage_pid();
     let mut times: Vec<Vec<Duration>> = vec![vec![]; cases.len()];
+    let mut cpu = vec![(Duration::ZERO, Duration::ZERO); cases.len()];
     for _ in 0..RUNS {
         for (i, (_, case)) in cases.iter().enumerate() {
+            let before = (cpu_of(std::process::id()), cpu_of(garage_pid));
             times[i].push(case(&bench, &nar).await);
+            cpu[i].0 += cpu_of(std::process::id()) - before.0;
+            cpu[i].1 += cpu_of(garage_pid) - before.1;
         }
     }
-    println!("NAR: {:.1} MiB, 2,024 files", mib(nar.len() as u64));
-    let baseline = mib_per_s(nar.len() as u64, median(times[0].clone()));
-    for ((name, _), times) in cases.iter().zip(times) {
-        let t = mib_per_s(nar.len() as u64, median(times));
-        println!("{name}: {t:.0} MiB/s, ratio {:.2}", t / baseline);
+    let size = nar.len() as u64;
+    println!("NAR: {:.1} MiB, 2,024 files; zstd level of the ingests {}", mib(size), options().zstd_level);
+    let baseline = mib_per_s(size, median(times[0].clone()));
+    for (((name, _), times), (own, garage)) in cases.iter().zip(times).zip(cpu) {
+        let t = mib_per_s(size, median(times));
+        let per_mib = |d: Duration| d.as_secs_f64() * 1e3 / (mib(size) * RUNS as f64);
+        println!(
+            "{name}: {t:.0} MiB/s, ratio {:.2}; CPU per MiB: this process {:.1} ms, Garage {:.1} ms",
+            t / baseline,
+            per_mib(own),
+            per_mib(garage)
+        );
     }
     let stored = stored_bytes(&nar).await;
     println!(
@@ -261,7 +319,7 @@ async fn main() {
 async fn stored_bytes(nar: &Bytes) -> Ingested {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::new(Arc::new(FsBackend::new(dir.path().to_owned()).unwrap()), 0);
-    ingest_nar(&store, body(nar.clone()), &IngestOptions::default()).await.expect("ingest")
+    ingest_nar(&store, body(nar.clone()), &options()).await.expect("ingest")
 }
 
 /// The child process: `CONCURRENT` ingests of the NAR files in the directory the spec names, into
@@ -291,7 +349,7 @@ async fn child(spec: &str) {
             let store = store.clone();
             tokio::spawn(async move {
                 let file = tokio::fs::File::open(&path).await.unwrap();
-                ingest_nar(&store, file, &IngestOptions::default()).await.expect("ingest").record.nar_size
+                ingest_nar(&store, file, &options()).await.expect("ingest").record.nar_size
             })
         })
         .collect();
