@@ -8,7 +8,8 @@
 //! the variable. `Debug` never shows a secret.
 //!
 //! Environment variables ([`ENV_OVERRIDES`]): `NARGATE_` and the key in upper case, with `S3_`
-//! before the keys of an S3 backend; the fs backend's directory is `NARGATE_DATA`.
+//! before the keys of an S3 backend and `INGEST_` before those of `[ingest]`; the fs backend's
+//! directory is `NARGATE_DATA`.
 //! `NARGATE_DATA` selects the fs backend, any `NARGATE_S3_*` the S3 backend (both at once is an
 //! error). A variable set to the empty string counts as unset. Per-bucket settings have no
 //! variables.
@@ -27,6 +28,7 @@ use crate::backend::fs::FsBackend;
 use crate::backend::s3::{S3Backend, S3Config, S3ConfigError};
 use crate::backend::{BackendError, DynBackend};
 use crate::credentials::KeyPair;
+use crate::ingest::IngestOptions;
 use crate::render::RenderConfig;
 
 /// The address `serve` listens on by default.
@@ -60,6 +62,11 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_CHUNK_CACHE_BYTES",
     "NARGATE_METADATA_CACHE_ENTRIES",
     "NARGATE_METADATA_TTL_SECS",
+    "NARGATE_INGEST_MAX_ENTRIES",
+    "NARGATE_INGEST_MAX_RECORD_BYTES",
+    "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES",
+    "NARGATE_INGEST_ZSTD_LEVEL",
+    "NARGATE_INGEST_UPLOAD_CONCURRENCY",
     "NARGATE_S3_ENDPOINT",
     "NARGATE_S3_REGION",
     "NARGATE_S3_BUCKET",
@@ -99,6 +106,8 @@ pub struct Config {
     pub credentials: ClientCredentials,
     /// Cache sizes.
     pub cache: CacheConfig,
+    /// How uploaded NARs are ingested, and the bounds on them.
+    pub ingest: IngestConfig,
     /// Settings of buckets, by bucket name, applied at start.
     pub buckets: BTreeMap<String, BucketSettings>,
     /// A request body that sends nothing for this long fails with IncompleteBody (TOML
@@ -215,6 +224,73 @@ pub struct CacheConfig {
     pub metadata_ttl: Duration,
 }
 
+/// How uploaded NARs are ingested (`[ingest]`): the bounds on hostile input (each breach answers
+/// the upload with a 4xx that names the key) and the chunks' compression.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The most entries (files, directories, symlinks) a NAR may have
+    /// (`NARGATE_INGEST_MAX_ENTRIES`).
+    pub max_entries: u64,
+    /// The most bytes a NAR record may take for its tree and chunk list
+    /// (`NARGATE_INGEST_MAX_RECORD_BYTES`).
+    pub max_record_bytes: u64,
+    /// The most memory the xz decoder may use, in bytes
+    /// (`NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES`).
+    pub xz_memory_limit_bytes: u64,
+    /// The zstd level chunks are compressed with (`NARGATE_INGEST_ZSTD_LEVEL`).
+    pub zstd_level: i32,
+    /// Chunk uploads in flight per ingest (`NARGATE_INGEST_UPLOAD_CONCURRENCY`).
+    pub upload_concurrency: usize,
+}
+
+impl Default for IngestConfig {
+    /// [`IngestOptions::default`]'s values.
+    fn default() -> Self {
+        let d = IngestOptions::default();
+        IngestConfig {
+            max_entries: d.max_entries,
+            max_record_bytes: d.max_record_bytes,
+            xz_memory_limit_bytes: d.xz_memory_limit,
+            zstd_level: d.zstd_level,
+            upload_concurrency: d.upload_concurrency,
+        }
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = [
+            ("ingest.max_entries", "NARGATE_INGEST_MAX_ENTRIES", self.max_entries),
+            ("ingest.max_record_bytes", "NARGATE_INGEST_MAX_RECORD_BYTES", self.max_record_bytes),
+            (
+                "ingest.xz_memory_limit_bytes",
+                "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES",
+                self.xz_memory_limit_bytes,
+            ),
+            (
+                "ingest.upload_concurrency",
+                "NARGATE_INGEST_UPLOAD_CONCURRENCY",
+                self.upload_concurrency as u64,
+            ),
+        ];
+        for (key, var, value) in at_least_one {
+            if value == 0 {
+                return Err(invalid(key, Some(var), "must be at least 1"));
+            }
+        }
+        let levels = zstd::compression_level_range();
+        if !levels.contains(&self.zstd_level) {
+            return Err(invalid(
+                "ingest.zstd_level",
+                Some("NARGATE_INGEST_ZSTD_LEVEL"),
+                format!("{} is not a zstd level ({} to {})", self.zstd_level, levels.start(), levels.end()),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Settings of one bucket (`[buckets.<name>]`); `None` leaves the stored setting as it is.
 pub use crate::cache::BucketSettings;
 
@@ -296,6 +372,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             credentials: ClientCredentials::default(),
             cache: CacheConfig::default(),
+            ingest: IngestConfig::default(),
             buckets: BTreeMap::new(),
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             repair_interval: DEFAULT_REPAIR_INTERVAL,
@@ -411,8 +488,21 @@ impl Config {
             render: self.render_config(),
             chunk_cache_bytes: self.cache.chunk_cache_bytes,
             buckets: self.buckets.clone(),
-            ingest: crate::ingest::IngestOptions::default(),
+            ingest: self.ingest_options(),
             body_idle_timeout: self.body_idle_timeout,
+        }
+    }
+
+    /// The options of an ingest, from `[ingest]` (the per-upload ones — expected NarHash and
+    /// NarSize, the `.br` suffix — at their defaults, for the caller to set).
+    pub fn ingest_options(&self) -> IngestOptions {
+        IngestOptions {
+            max_entries: self.ingest.max_entries,
+            max_record_bytes: self.ingest.max_record_bytes,
+            xz_memory_limit: self.ingest.xz_memory_limit_bytes,
+            zstd_level: self.ingest.zstd_level,
+            upload_concurrency: self.ingest.upload_concurrency,
+            ..IngestOptions::default()
         }
     }
 
@@ -461,6 +551,11 @@ impl Config {
             "NARGATE_CHUNK_CACHE_BYTES" => self.cache.chunk_cache_bytes = parse(value)?,
             "NARGATE_METADATA_CACHE_ENTRIES" => self.cache.metadata_cache_entries = parse(value)?,
             "NARGATE_METADATA_TTL_SECS" => self.cache.metadata_ttl = duration_from_secs(parse(value)?)?,
+            "NARGATE_INGEST_MAX_ENTRIES" => self.ingest.max_entries = parse(value)?,
+            "NARGATE_INGEST_MAX_RECORD_BYTES" => self.ingest.max_record_bytes = parse(value)?,
+            "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES" => self.ingest.xz_memory_limit_bytes = parse(value)?,
+            "NARGATE_INGEST_ZSTD_LEVEL" => self.ingest.zstd_level = parse(value)?,
+            "NARGATE_INGEST_UPLOAD_CONCURRENCY" => self.ingest.upload_concurrency = parse(value)?,
             "NARGATE_S3_ENDPOINT" => self.s3_mut().endpoint = Some(value.to_owned()),
             "NARGATE_S3_REGION" => self.s3_mut().region = value.to_owned(),
             "NARGATE_S3_BUCKET" => self.s3_mut().bucket = value.to_owned(),
@@ -529,6 +624,7 @@ impl Config {
         if let BackendConfig::S3(s3) = &self.backend {
             s3.validate()?;
         }
+        self.ingest.validate()?;
         for name in self.buckets.keys() {
             validate_bucket_name(name).map_err(|reason| invalid(&format!("buckets.{name}"), None, reason))?;
         }
@@ -703,6 +799,12 @@ mod tests {
         assert_eq!(config.cache.chunk_cache_bytes, 64 << 20);
         assert_eq!(config.cache.metadata_cache_entries, 10_000);
         assert_eq!(config.cache.metadata_ttl, Duration::from_secs(5));
+        assert_eq!(config.ingest.max_entries, 1_000_000);
+        assert_eq!(config.ingest.max_record_bytes, 128 << 20);
+        assert_eq!(config.ingest.xz_memory_limit_bytes, 128 << 20);
+        assert_eq!(config.ingest.zstd_level, 1);
+        assert_eq!(config.ingest.upload_concurrency, 8);
+        assert_eq!(format!("{:?}", config.ingest_options()), format!("{:?}", IngestOptions::default()));
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         let s3 = S3BackendConfig::default().to_s3_config();
         assert_eq!(format!("{s3:?}"), format!("{:?}", S3Config::default()));
@@ -769,6 +871,13 @@ mod tests {
             metadata_cache_entries = 30
             metadata_ttl_secs = 0
 
+            [ingest]
+            max_entries = 10
+            max_record_bytes = 20
+            xz_memory_limit_bytes = 30
+            zstd_level = -3
+            upload_concurrency = 2
+
             [buckets.cache]
             anonymous_read = true
             priority = 30
@@ -807,6 +916,13 @@ mod tests {
                 metadata_cache_entries: 30,
                 metadata_ttl: Duration::ZERO,
             },
+            ingest: IngestConfig {
+                max_entries: 10,
+                max_record_bytes: 20,
+                xz_memory_limit_bytes: 30,
+                zstd_level: -3,
+                upload_concurrency: 2,
+            },
             buckets: BTreeMap::from([
                 (
                     "cache".into(),
@@ -829,6 +945,12 @@ mod tests {
         );
         assert_eq!(config.render_config().read_ahead, 4);
         assert_eq!(config.render_config().table_cache_bytes, 1000);
+        let ingest = config.ingest_options();
+        assert_eq!(
+            (ingest.max_entries, ingest.max_record_bytes, ingest.xz_memory_limit, ingest.zstd_level),
+            (10, 20, 30, -3)
+        );
+        assert_eq!(ingest.upload_concurrency, 2);
         let mapped = s3.to_s3_config();
         assert_eq!(mapped.secret_access_key.as_deref(), Some("backend-secret"));
         assert!(
@@ -889,6 +1011,11 @@ mod tests {
                 ("NARGATE_METADATA_TTL_SECS", "1.5"),
                 ("NARGATE_TABLE_CACHE_BYTES", "11"),
                 ("NARGATE_METADATA_CACHE_ENTRIES", "12"),
+                ("NARGATE_INGEST_MAX_ENTRIES", "13"),
+                ("NARGATE_INGEST_MAX_RECORD_BYTES", "14"),
+                ("NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES", "15"),
+                ("NARGATE_INGEST_ZSTD_LEVEL", "16"),
+                ("NARGATE_INGEST_UPLOAD_CONCURRENCY", "17"),
                 ("NARGATE_LOG", "debug"),
                 ("NARGATE_S3_REGION", ""),
                 ("OTHER", "x"),
@@ -914,6 +1041,14 @@ mod tests {
         assert_eq!(config.cache.table_cache_bytes, 11);
         assert_eq!(config.cache.chunk_cache_bytes, 5, "kept from the file");
         assert_eq!(config.cache.metadata_cache_entries, 12);
+        let expected = IngestConfig {
+            max_entries: 13,
+            max_record_bytes: 14,
+            xz_memory_limit_bytes: 15,
+            zstd_level: 16,
+            upload_concurrency: 17,
+        };
+        assert_eq!(config.ingest, expected);
     }
 
     #[test]
@@ -951,6 +1086,7 @@ mod tests {
             ("[backend]\ntype = \"s3\"\nbukcet = \"b\"", "bukcet"),
             ("[credentials]\nsecret = \"x\"", "secret"),
             ("[buckets.cache]\npriorty = 1", "priorty"),
+            ("[ingest]\nmax_entry = 1", "max_entry"),
             ("[backend]\ntype = \"ftp\"", "ftp"),
             ("[backend]\ntype = \"s3\"\nbucket = \"b\"\nconnections = \"keep\"", "keep"),
             ("[nope]", "nope"),
@@ -999,6 +1135,12 @@ mod tests {
             ("[credentials]\naccess_key_id = \"a/b\"\nsecret_access_key = \"client-secret\"", "credentials"),
             ("[credentials]\naccess_key_id = \"abc\"\nsecret_access_key = \"short\"", "credentials"),
             ("[buckets.Bad_Name]", "buckets.Bad_Name"),
+            ("[ingest]\nmax_entries = 0", "ingest.max_entries"),
+            ("[ingest]\nmax_record_bytes = 0", "ingest.max_record_bytes"),
+            ("[ingest]\nxz_memory_limit_bytes = 0", "ingest.xz_memory_limit_bytes"),
+            ("[ingest]\nupload_concurrency = 0", "ingest.upload_concurrency"),
+            ("[ingest]\nzstd_level = 23", "ingest.zstd_level"),
+            ("[ingest]\nmax_entries = -1", "max_entries"),
             ("[buckets.cache]\nanonymous_read = \"true\"", "anonymous_read"),
         ] {
             let message = error(Config::from_toml(text));
@@ -1015,6 +1157,8 @@ mod tests {
             ("NARGATE_TABLE_CACHE_BYTES", "1G"),
             ("NARGATE_DOMAINS", "a.example,b.example:80"),
             ("NARGATE_ACCESS_KEY_ID", "only-the-id"),
+            ("NARGATE_INGEST_MAX_ENTRIES", "many"),
+            ("NARGATE_INGEST_ZSTD_LEVEL", "99"),
         ] {
             let message = error(Config::load(None, env(&[(var, value), ("NARGATE_S3_BUCKET", "b")])));
             assert!(message.contains(var), "{var}={value}: {message}");

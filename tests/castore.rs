@@ -1,6 +1,6 @@
 //! What the store promises, counted: dedup of large files whatever their neighbours, few objects
 //! for many small files, cold ranged reads in a bounded number of backend requests, integrity
-//! errors for corrupt chunks, and nothing reachable from a rejected NAR.
+//! errors for corrupt chunks, nothing reachable from a rejected NAR, and every bound on hostile input.
 
 mod common;
 
@@ -259,4 +259,101 @@ async fn concurrent_cold_opens_of_one_nar_read_its_record_once() {
         covering as u64,
         "one GET per chunk, shared by all readers"
     );
+}
+
+/// A NAR of `dirs` directories of `files` files each (plus a symlink per directory).
+fn wide_nar(dirs: usize, files: usize) -> Vec<u8> {
+    let tree = (0..dirs)
+        .map(|d| {
+            let mut entries: Vec<(Vec<u8>, NarNode)> = (0..files)
+                .map(|f| {
+                    (format!("file-{f:05}").into_bytes(), file(pseudo_random(10, (d * files + f) as u64)))
+                })
+                .collect();
+            entries.push((b"link".to_vec(), NarNode::Symlink { target: b"file-00000".to_vec() }));
+            (format!("dir-{d:03}").into_bytes(), NarNode::Directory(entries))
+        })
+        .collect();
+    write_nar(&NarNode::Directory(tree)).unwrap()
+}
+
+/// Each bound on hostile input is its own error, whose message names the setting, and a NAR
+/// that breaks one leaves nothing reachable; a NAR right at a bound goes in.
+#[tokio::test]
+async fn every_bound_on_hostile_input_is_enforced_and_named() {
+    let (_dir, backend) = common::fs_backend();
+    let store = ChunkStore::new(backend.clone(), 0);
+    let defaults = IngestOptions { chunker: ChunkerParams::TINY, ..Default::default() };
+    // 1 root + 4 directories × (50 files + 1 symlink + the directory itself) = 209 entries.
+    let nar = wide_nar(4, 50);
+
+    let at_limit = IngestOptions { max_entries: 209, ..defaults.clone() };
+    let ingested = ingest_nar(&store, &nar[..], &at_limit).await.unwrap();
+    backend.delete(&ingested.record.key()).await.unwrap();
+    let over = IngestOptions { max_entries: 208, ..defaults.clone() };
+    let err = ingest_nar(&store, &nar[..], &over).await.unwrap_err();
+    assert!(matches!(err, IngestError::TooManyEntries { max: 208 }), "{err}");
+    assert!(err.to_string().contains("ingest.max_entries") && err.to_string().contains("208"), "{err}");
+
+    // The record takes what its directories and chunk list take encoded (while a directory is
+    // open, its entries count at an upper bound of their size): a bound well above it lets the
+    // NAR in, one below it does not.
+    let record_len = {
+        let record = &ingested.record;
+        let dirs: u64 = record.directories.iter().map(|d| d.encode().len() as u64).sum();
+        dirs + record.chunks.len() as u64 * 40
+    };
+    let fits = IngestOptions { max_record_bytes: record_len * 5 / 4, ..defaults.clone() };
+    ingest_nar(&store, &nar[..], &fits).await.unwrap();
+    backend.delete(&ingested.record.key()).await.unwrap();
+    for max in [record_len / 2, 100] {
+        let small = IngestOptions { max_record_bytes: max, ..defaults.clone() };
+        let err = ingest_nar(&store, &nar[..], &small).await.unwrap_err();
+        assert!(matches!(err, IngestError::RecordTooLarge { max: m } if m == max), "{err}");
+        assert!(err.to_string().contains("ingest.max_record_bytes"), "{err}");
+    }
+    // One directory far wider than the bound is refused while it is read, not after.
+    let wide = wide_nar(1, 20_000);
+    let small = IngestOptions { max_record_bytes: 64 << 10, ..defaults.clone() };
+    let err = ingest_nar(&store, &wide[..], &small).await.unwrap_err();
+    assert!(matches!(err, IngestError::RecordTooLarge { .. }), "{err}");
+
+    // xz's default preset needs about 9 MiB to decompress.
+    let mut xz = vec![];
+    let mut encoder = async_compression::tokio::bufread::XzEncoder::new(&nar[..]);
+    tokio::io::AsyncReadExt::read_to_end(&mut encoder, &mut xz).await.unwrap();
+    let tight = IngestOptions { xz_memory_limit: 1 << 20, ..defaults.clone() };
+    let err = ingest_nar(&store, &xz[..], &tight).await.unwrap_err();
+    assert!(matches!(err, IngestError::XzMemoryLimit { limit } if limit == 1 << 20), "{err}");
+    assert!(err.to_string().contains("ingest.xz_memory_limit_bytes"), "{err}");
+    let ingested = ingest_nar(&store, &xz[..], &defaults).await.unwrap();
+    assert_eq!(ingested.record.nar_size, nar.len() as u64);
+    backend.delete(&ingested.record.key()).await.unwrap();
+
+    let (records, _) = count(backend.as_ref(), "nars/").await;
+    assert_eq!(records, 0, "no NAR record of a refused NAR");
+    assert_eq!(count(backend.as_ref(), "leases/").await.0, 0, "leases are released");
+}
+
+/// An upload that fails to read is a read error (the gateway's "incomplete body"), whether the
+/// NAR before the failure was complete or not, compressed or not.
+#[tokio::test]
+async fn a_failing_body_is_a_read_error() {
+    use tokio::io::AsyncReadExt;
+    let (_dir, backend) = common::fs_backend();
+    let store = ChunkStore::new(backend.clone(), 0);
+    let nar = write_nar(&file(pseudo_random(600_000, 21))).unwrap();
+    let mut zst = vec![];
+    async_compression::tokio::bufread::ZstdEncoder::new(&nar[..]).read_to_end(&mut zst).await.unwrap();
+    let failing_after = |bytes: &[u8]| {
+        tokio_util::io::StreamReader::new(futures::stream::iter([
+            Ok(bytes::Bytes::copy_from_slice(bytes)),
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")),
+        ]))
+    };
+    for body in [&nar[..], &nar[..300_000], &zst[..], &zst[..zst.len() / 2]] {
+        let err = ingest_nar(&store, failing_after(body), &IngestOptions::default()).await.unwrap_err();
+        assert!(matches!(&err, IngestError::Read(e) if e.kind() == std::io::ErrorKind::TimedOut), "{err}");
+    }
+    assert_eq!(count(backend.as_ref(), "nars/").await.0, 0);
 }

@@ -22,8 +22,10 @@ use crate::backend::{self, BackendError, DynBackend};
 pub const CODEC_RAW: u8 = 0;
 /// Codec tag: the payload is a zstd frame of the chunk's bytes.
 pub const CODEC_ZSTD: u8 = 1;
-/// The zstd level used at rest.
-pub const ZSTD_LEVEL: i32 = 3;
+/// The zstd level chunks are compressed with by default (ingest may choose another: the level is
+/// no part of the format). Level 1 against 3, measured on 1.36 GB of real binaries and libraries
+/// chunked as ingest chunks them: 9% more bytes stored, about twice the speed (see the README).
+pub const ZSTD_LEVEL: i32 = 1;
 
 /// The backend key of a chunk.
 pub fn chunk_key(digest: &Digest) -> String {
@@ -46,14 +48,19 @@ pub enum ChunkError {
     },
 }
 
-/// Encodes a chunk for storage: zstd when that is smaller, else raw. One buffer of the chunk's
-/// size plus one byte, whichever codec wins: compression writes into it and gives up as soon as
-/// the frame would not be smaller than the data.
+/// Encodes a chunk for storage at [`ZSTD_LEVEL`]; see [`encode_chunk_at`].
 pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+    encode_chunk_at(data, ZSTD_LEVEL)
+}
+
+/// Encodes a chunk for storage: zstd at `level` when that is smaller, else raw. One buffer of the
+/// chunk's size plus one byte, whichever codec wins: compression writes into it and gives up as
+/// soon as the frame would not be smaller than the data.
+pub fn encode_chunk_at(data: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.resize(data.len(), 0);
     if data.len() > 1
-        && let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut out[1..], ZSTD_LEVEL)
+        && let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut out[1..], level)
     {
         out[0] = CODEC_ZSTD;
         out.truncate(n + 1);
@@ -128,12 +135,23 @@ impl ChunkStore {
 
     /// Writes a chunk whose digest is `digest`. With `skip_existing` (allowed only under an ingest
     /// lease while no GC runs: see DESIGN.md), a chunk already present is not uploaded again.
-    /// Compression runs off the async threads.
+    /// Compression (at [`ZSTD_LEVEL`]) runs off the async threads.
     pub async fn put(
         &self,
         digest: Digest,
         data: Bytes,
         skip_existing: bool,
+    ) -> Result<PutOutcome, BackendError> {
+        self.put_at_level(digest, data, skip_existing, ZSTD_LEVEL).await
+    }
+
+    /// Writes a chunk as [`put`](Self::put) does, compressed at zstd `level`.
+    pub async fn put_at_level(
+        &self,
+        digest: Digest,
+        data: Bytes,
+        skip_existing: bool,
+        level: i32,
     ) -> Result<PutOutcome, BackendError> {
         let key = chunk_key(&digest);
         if skip_existing {
@@ -143,7 +161,7 @@ impl ChunkStore {
                 Err(e) => return Err(e),
             }
         }
-        let encoded = tokio::task::spawn_blocking(move || encode_chunk(&data))
+        let encoded = tokio::task::spawn_blocking(move || encode_chunk_at(&data, level))
             .await
             .map_err(|e| BackendError::Io { key: key.clone(), source: std::io::Error::other(e) })?;
         let stored_bytes = encoded.len() as u64;
@@ -281,6 +299,11 @@ mod tests {
         assert_eq!(enc[0], CODEC_ZSTD);
         assert_eq!(&enc[1..5], &[0x28, 0xb5, 0x2f, 0xfd]); // zstd magic
         assert!(enc.len() < 100);
+        for level in [-1, 1, 3, 19] {
+            let enc = encode_chunk_at(&zeros, level);
+            assert_eq!(enc[0], CODEC_ZSTD);
+            assert_eq!(decode_chunk(&Digest::of(&zeros), 4096, enc.into()).unwrap(), zeros);
+        }
     }
 
     #[test]

@@ -78,12 +78,25 @@ impl Compression {
         Err(CompressionError::Unknown(hex::encode(&head[..head.len().min(8)])))
     }
 
-    /// Wraps `input` in the matching streaming decoder.
+    /// Wraps `input` in the matching streaming decoder, the xz decoder's memory limited to
+    /// [`DEFAULT_XZ_MEMORY_LIMIT`](super::DEFAULT_XZ_MEMORY_LIMIT).
     pub fn decoder<'a, R: AsyncBufRead + Send + 'a>(self, input: R) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
+        self.decoder_with_limits(input, super::DEFAULT_XZ_MEMORY_LIMIT)
+    }
+
+    /// Wraps `input` in the matching streaming decoder; the xz decoder may use at most
+    /// `xz_memory_limit` bytes (a stream that needs more fails with an error that
+    /// [`is_memory_limit_error`] recognizes). The other decoders' memory is bounded by their
+    /// formats (zstd's window by libzstd's default limit, 128 MiB).
+    pub fn decoder_with_limits<'a, R: AsyncBufRead + Send + 'a>(
+        self,
+        input: R,
+        xz_memory_limit: u64,
+    ) -> Pin<Box<dyn AsyncRead + Send + 'a>> {
         match self {
             Compression::None => Box::pin(input),
             Compression::Xz => {
-                let mut d = XzDecoder::new(input);
+                let mut d = XzDecoder::with_mem_limit(input, xz_memory_limit);
                 d.multiple_members(true);
                 Box::pin(d)
             }
@@ -112,9 +125,36 @@ impl Compression {
     }
 }
 
+/// Whether a decoder's error is liblzma's "memory limit reached": the xz stream needs more memory
+/// than the decoder's limit allows. (liblzma's error type is not re-exported by the decoder
+/// crate, so it is known by its message; a test pins it.)
+pub fn is_memory_limit_error(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::Other
+        && error.get_ref().is_some_and(|inner| inner.to_string() == "memory limit reached")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// The xz decoder's memory limit holds, and its error is recognized: xz's default preset has
+    /// an 8 MiB dictionary, which takes about 9 MiB to decompress.
+    #[tokio::test]
+    async fn the_xz_memory_limit_is_enforced_and_recognized() {
+        let data = vec![42u8; 100_000];
+        let mut xz = vec![];
+        async_compression::tokio::bufread::XzEncoder::new(&data[..]).read_to_end(&mut xz).await.unwrap();
+        let mut out = vec![];
+        let err =
+            Compression::Xz.decoder_with_limits(&xz[..], 1 << 20).read_to_end(&mut out).await.unwrap_err();
+        assert!(is_memory_limit_error(&err), "{err:?}");
+        out.clear();
+        Compression::Xz.decoder_with_limits(&xz[..], 16 << 20).read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, data);
+        let other = std::io::Error::other("something else");
+        assert!(!is_memory_limit_error(&other));
+    }
 
     #[test]
     fn detects_by_magic() {

@@ -1,4 +1,5 @@
-//! A reader that passes bytes through while computing the digests an upload needs.
+//! The digests an upload needs: a reader that computes them as bytes pass through it, and a
+//! worker that computes them on a thread of its own from blocks sent to it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -87,6 +88,61 @@ impl<R: AsyncRead> AsyncRead for DigestingReader<R> {
     }
 }
 
+/// Blocks that may wait for a [`HashWorker`] before [`HashWorker::update`] waits (back-pressure).
+const HASH_QUEUE: usize = 4;
+
+/// Computes digests of a stream on a blocking thread of its own, from blocks sent to it, so
+/// that hashing runs beside the stage that produces the blocks (it shares nothing with it but the
+/// blocks, which are reference-counted, not copied).
+#[derive(Debug)]
+pub struct HashWorker {
+    blocks: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    done: tokio::task::JoinHandle<Digests>,
+}
+
+impl HashWorker {
+    /// Starts a worker that computes what `want` asks for (and counts bytes).
+    pub fn start(want: Want) -> Self {
+        let (blocks, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut md5 = want.md5.then(Md5::new);
+            let mut sha256 = want.sha256.then(Sha256::new);
+            let mut size = 0u64;
+            while let Some(block) = rx.blocking_recv() {
+                size += block.len() as u64;
+                if let Some(h) = md5.as_mut() {
+                    h.update(&block);
+                }
+                if let Some(h) = sha256.as_mut() {
+                    h.update(&block);
+                }
+            }
+            Digests {
+                size,
+                md5: md5.map(|h| h.finalize().into()),
+                sha256: sha256.map(|h| h.finalize().into()),
+            }
+        });
+        HashWorker { blocks, done }
+    }
+
+    /// Adds the next block of the stream, waiting while the worker is [`HASH_QUEUE`] blocks behind.
+    pub async fn update(&self, block: bytes::Bytes) {
+        // The worker ends only when every sender is gone: a failed send cannot happen here.
+        let _ = self.blocks.send(block).await;
+    }
+
+    /// The stream ends: the digests of every block added.
+    pub async fn finish(self) -> Digests {
+        drop(self.blocks);
+        match self.done.await {
+            Ok(digests) => digests,
+            // Hashing does not panic; should the thread be lost, it is a bug to surface loudly.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +160,23 @@ mod tests {
             hex::encode(d.sha256.unwrap()),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[tokio::test]
+    async fn the_worker_computes_what_the_reader_does() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let want = Want { md5: true, sha256: true };
+        let mut reader = DigestingReader::new(&data[..], want);
+        tokio::io::copy(&mut reader, &mut tokio::io::sink()).await.unwrap();
+        let worker = HashWorker::start(want);
+        for block in data.chunks(7777) {
+            worker.update(bytes::Bytes::copy_from_slice(block)).await;
+        }
+        assert_eq!(worker.finish().await, reader.digests());
+        let only_md5 = HashWorker::start(Want { md5: true, sha256: false });
+        only_md5.update(bytes::Bytes::from_static(b"abc")).await;
+        let d = only_md5.finish().await;
+        assert_eq!((d.size, d.sha256), (3, None));
+        assert_eq!(hex::encode(d.md5.unwrap()), "900150983cd24fb0d6963f7d28e17f72");
     }
 }

@@ -7,6 +7,26 @@
 //! parse goes on. The tree becomes directories ([`TreeBuilder`]). Only when the whole NAR has been
 //! read and checked, and every chunk is durable, is the NAR record written: nothing of a rejected
 //! NAR becomes reachable. The whole pass runs under a GC lease ([`Lease`]).
+//!
+//! The work is spread over the cores as a pipeline of stages joined by bounded queues of blocks
+//! (reference-counted [`Bytes`], never copied between stages), so memory stays bounded and a slow
+//! stage holds back the ones before it:
+//!
+//! ```text
+//! body ─▶ reader (the caller's task) ─┬─▶ MD5 of the upload [, SHA-256 when it is the NAR]  (thread)
+//!                                     └─▶ decoder (task, if compressed) ─┬─▶ MD5 + SHA-256 of the NAR  (thread)
+//!                                                                        └─▶ parse, BLAKE3, chunking (task)
+//!                                                                              └─▶ per chunk: zstd (blocking
+//!                                                                                  pool), upload (tasks)
+//! ```
+//!
+//! **Bounds on hostile input**, each breach its own [`IngestError`]: the NAR reader's fixed
+//! bounds (names of at most 255 bytes, symlink targets of 4,095, directories 256 deep), the
+//! number of entries ([`IngestOptions::max_entries`]), the size of the NAR record's tree and chunk
+//! list ([`IngestOptions::max_record_bytes`], which bounds the width of directories too), and the
+//! xz decoder's memory ([`IngestOptions::xz_memory_limit`]). The other decoders' memory is bounded
+//! by their formats (zstd's window by libzstd's default limit of 128 MiB; brotli without large
+//! windows 16 MiB; bzip2, gzip and lz4 a few MiB at most).
 
 pub mod compression;
 pub mod digests;
@@ -14,19 +34,24 @@ pub mod import;
 mod tree;
 
 use std::collections::HashSet;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::io::StreamReader;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use compression::{Compression, CompressionError};
-use digests::{DigestingReader, Digests, Want};
+use digests::{Digests, HashWorker, Want};
 use tree::TreeBuilder;
 
 use crate::backend::BackendError;
-use crate::castore::chunk::{PutOutcome, chunk_key};
-use crate::castore::directory::DirectoryError;
+use crate::castore::chunk::{PutOutcome, ZSTD_LEVEL, chunk_key};
+use crate::castore::directory::{Directory, DirectoryError, Node};
 use crate::castore::lease::Lease;
 use crate::castore::{ChunkRef, ChunkStore, ChunkerParams, ContentChunker, Digest, NarRecord};
 use crate::nix::nar::{NarError, NarEvent, NarReader};
@@ -46,7 +71,27 @@ pub struct IngestOptions {
     pub expected_nar_size: Option<u64>,
     /// How long to wait for a running GC to end before giving up (it makes the client retry).
     pub gc_wait: Duration,
+    /// The most entries (regular files, directories and symlinks, the root included) a NAR may
+    /// have ([`IngestError::TooManyEntries`]).
+    pub max_entries: u64,
+    /// The most bytes the NAR record may take for its tree (the directory closure) and chunk list
+    /// ([`IngestError::RecordTooLarge`]). It bounds what an ingest holds in memory for the tree,
+    /// and the width of directories.
+    pub max_record_bytes: u64,
+    /// The most memory, in bytes, the xz decoder may use ([`IngestError::XzMemoryLimit`]).
+    pub xz_memory_limit: u64,
+    /// The zstd level chunks are compressed with (no part of the format: any level reads back).
+    pub zstd_level: i32,
 }
+
+/// [`IngestOptions::max_entries`] by default: ten times the largest store paths of nixpkgs.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+/// [`IngestOptions::max_record_bytes`] by default (a NAR record takes about 50 to 100 bytes per
+/// entry: a million entries fit).
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 128 << 20;
+/// [`IngestOptions::xz_memory_limit`] by default: twice what `xz -9` needs to decompress (65 MiB;
+/// Nix's default, `xz -6`, needs 9 MiB).
+pub const DEFAULT_XZ_MEMORY_LIMIT: u64 = 128 << 20;
 
 impl Default for IngestOptions {
     fn default() -> Self {
@@ -57,6 +102,10 @@ impl Default for IngestOptions {
             expected_nar_hash: None,
             expected_nar_size: None,
             gc_wait: Duration::from_secs(120),
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            xz_memory_limit: DEFAULT_XZ_MEMORY_LIMIT,
+            zstd_level: ZSTD_LEVEL,
         }
     }
 }
@@ -96,6 +145,30 @@ pub enum IngestError {
     /// The upload could not be read.
     #[error("reading the upload: {0}")]
     Read(#[source] std::io::Error),
+    /// The NAR has more entries than [`IngestOptions::max_entries`].
+    #[error(
+        "the NAR has more than {max} entries (files, directories and symlinks), the limit (ingest.max_entries)"
+    )]
+    TooManyEntries {
+        /// The limit.
+        max: u64,
+    },
+    /// The NAR's tree and chunk list would take more than [`IngestOptions::max_record_bytes`].
+    #[error(
+        "the NAR's directory listing and chunk list take more than {max} bytes, the limit (ingest.max_record_bytes)"
+    )]
+    RecordTooLarge {
+        /// The limit.
+        max: u64,
+    },
+    /// The xz stream needs more memory to decompress than [`IngestOptions::xz_memory_limit`].
+    #[error(
+        "the xz stream needs more than {limit} bytes of memory to decompress, the limit (ingest.xz_memory_limit_bytes)"
+    )]
+    XzMemoryLimit {
+        /// The limit.
+        limit: u64,
+    },
     /// The NAR's hash is not the one expected.
     #[error("NarHash mismatch: expected sha256:{expected}, got sha256:{actual}")]
     NarHashMismatch {
@@ -120,7 +193,17 @@ pub enum IngestError {
     Backend(#[from] BackendError),
 }
 
+/// The size of the blocks the upload is read in, and passed between the stages in.
+const BLOCK: usize = 256 << 10;
+/// Blocks that may wait between two stages.
+const QUEUE: usize = 4;
+/// The bytes a chunk takes in the NAR record's chunk list, at most (digest, size).
+const CHUNK_REF_BYTES: u64 = 40;
+
 /// Reads a NAR upload from `body` into `store` and writes its NAR record.
+///
+/// `body` is read in the caller's task; the rest of the work runs in tasks and threads of its own
+/// (see the [module documentation](self)), which end with it, also when this future is dropped.
 pub async fn ingest_nar<R>(
     store: &ChunkStore,
     body: R,
@@ -139,29 +222,205 @@ where
 
 async fn ingest_under_lease<R>(
     store: &ChunkStore,
-    body: R,
+    mut body: R,
     options: &IngestOptions,
-    mut chunker: ContentChunker,
+    chunker: ContentChunker,
     lease: &Lease,
 ) -> Result<Ingested, IngestError>
 where
     R: AsyncRead + Unpin + Send,
 {
-    let mut received =
-        BufReader::with_capacity(256 << 10, DigestingReader::new(body, Want { md5: true, sha256: false }));
-    let head = received.fill_buf().await.map_err(IngestError::Read)?;
-    let compression = Compression::detect(head, options.br_suffix)?;
-    // An uncompressed upload is the NAR: its MD5 is computed once, on the way in.
-    let nar_md5 = compression != Compression::None;
-    let nar_bytes =
-        DigestingReader::new(compression.decoder(&mut received), Want { md5: nar_md5, sha256: true });
-    let mut nar = NarReader::new(nar_bytes);
+    let first = read_block(&mut body, NAR_MAGIC_LEN).await.map_err(IngestError::Read)?;
+    let compression = Compression::detect(&first, options.br_suffix)?;
+    // An uncompressed upload is the NAR: its digests are computed once, on the way in.
+    let received = HashWorker::start(Want { md5: true, sha256: compression == Compression::None });
+    let (nar_tx, nar_rx) = mpsc::channel(QUEUE);
+    let parse = AbortOnDropHandle::new(tokio::spawn(parse(
+        nar_rx,
+        store.clone(),
+        options.clone(),
+        chunker,
+        lease.may_skip_existing(),
+    )));
+    let (upload_tx, decoder) = if compression == Compression::None {
+        (nar_tx, None)
+    } else {
+        let (upload_tx, upload_rx) = mpsc::channel(QUEUE);
+        let decode = decode(upload_rx, nar_tx, compression, options.xz_memory_limit);
+        (upload_tx, Some(AbortOnDropHandle::new(tokio::spawn(decode))))
+    };
+    let feed = feed(body, first, &received, upload_tx);
+    let (fed, decoded, parsed) = tokio::join!(feed, join_opt(decoder), join(parse));
+    let received = received.finish().await;
+    // The first failure is the one to report: a read error makes everything after it fail, and
+    // a decoder error makes the parse fail.
+    fed?;
+    let nar_digests = match decoded? {
+        Some(nar_digests) => nar_digests,
+        None => received.clone(),
+    };
+    let Parsed { root, directories, chunks, uploaded, stored_chunk_bytes } = parsed?;
+    let nar_md5 = nar_digests.md5.unwrap_or_default();
+    let nar_hash = nar_digests.sha256.unwrap_or_default();
+    check_expected(options, &nar_hash, nar_digests.size)?;
 
-    let mut uploads = Uploads::new(store.clone(), options.upload_concurrency, lease.may_skip_existing());
+    let record = NarRecord {
+        root,
+        directories,
+        nar_hash,
+        nar_size: nar_digests.size,
+        nar_md5,
+        chunker: options.chunker,
+        chunks,
+    };
+    if lease.must_recheck() {
+        recheck_after_gc(store, lease, &record, options).await?;
+    }
+    store.backend().put(&record.key(), Bytes::from(record.encode())).await?;
+    Ok(Ingested {
+        chunks: record.chunks.len(),
+        record,
+        received,
+        compression,
+        chunks_uploaded: uploaded,
+        stored_chunk_bytes,
+    })
+}
+
+/// The bytes [`Compression::detect`] looks at: as long as the NAR magic's length field.
+const NAR_MAGIC_LEN: usize = 8;
+
+/// Reads the next block of `reader`: up to [`BLOCK`] bytes, at least `min` unless the input ends
+/// first (empty at its end).
+async fn read_block<R: AsyncRead + Unpin>(reader: &mut R, min: usize) -> std::io::Result<Bytes> {
+    let mut block = BytesMut::with_capacity(BLOCK);
+    while block.len() < min.max(1) && reader.read_buf(&mut block).await? != 0 {}
+    Ok(block.freeze())
+}
+
+/// The reader stage: reads the upload block by block, hands each to the upload's hash worker and
+/// to the next stage (the decoder, or the parse), and stops at the end of the upload, at a read
+/// error, or when the next stage has stopped (it failed; its error is the one reported).
+async fn feed<R: AsyncRead + Unpin>(
+    mut body: R,
+    first: Bytes,
+    hash: &HashWorker,
+    next: mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<(), IngestError> {
+    let mut block = first;
+    while !block.is_empty() {
+        hash.update(block.clone()).await;
+        if next.send(Ok(block)).await.is_err() {
+            return Ok(());
+        }
+        block = match read_block(&mut body, BLOCK).await {
+            Ok(block) => block,
+            Err(e) => {
+                // The next stages see the stream end early; the read error is the one reported.
+                let _ = next.send(Err(std::io::Error::other("the upload could not be read"))).await;
+                return Err(IngestError::Read(e));
+            }
+        };
+    }
+    Ok(())
+}
+
+/// The decoder stage: decompresses the upload's blocks, hands the NAR's blocks to its own hash
+/// worker and to the parse, and checks that nothing follows the compressed stream. Returns the
+/// NAR's digests.
+async fn decode(
+    upload: mpsc::Receiver<std::io::Result<Bytes>>,
+    parse: mpsc::Sender<std::io::Result<Bytes>>,
+    compression: Compression,
+    xz_memory_limit: u64,
+) -> Result<Digests, IngestError> {
+    let hash = HashWorker::start(Want { md5: true, sha256: true });
+    let result = decode_into(upload, &parse, &hash, compression, xz_memory_limit).await;
+    if result.is_err() {
+        // The parse must not take a stream cut short for a whole NAR; this error is reported.
+        let _ = parse.send(Err(std::io::Error::other("the upload could not be decompressed"))).await;
+    }
+    drop(parse);
+    let digests = hash.finish().await;
+    result.map(|()| digests)
+}
+
+async fn decode_into(
+    upload: mpsc::Receiver<std::io::Result<Bytes>>,
+    parse: &mpsc::Sender<std::io::Result<Bytes>>,
+    hash: &HashWorker,
+    compression: Compression,
+    xz_memory_limit: u64,
+) -> Result<(), IngestError> {
+    let mut input = StreamReader::new(Blocks(upload));
+    let mut decoder = compression.decoder_with_limits(&mut input, xz_memory_limit);
+    let failed = |e: std::io::Error| {
+        if compression == Compression::Xz && compression::is_memory_limit_error(&e) {
+            IngestError::XzMemoryLimit { limit: xz_memory_limit }
+        } else {
+            IngestError::Nar(e.into())
+        }
+    };
+    loop {
+        let block = read_block(&mut decoder, BLOCK).await.map_err(failed)?;
+        if block.is_empty() {
+            break;
+        }
+        hash.update(block.clone()).await;
+        if parse.send(Ok(block)).await.is_err() {
+            return Ok(()); // the parse failed: its error is reported
+        }
+    }
+    drop(decoder);
+    // The decoders read multi-member streams to the end; any byte after the last one is garbage.
+    if !input.fill_buf().await.map_err(failed)?.is_empty() {
+        return Err(NarError::TrailingData.into());
+    }
+    Ok(())
+}
+
+/// A queue of blocks as a stream, for a [`StreamReader`].
+struct Blocks(mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl futures::Stream for Blocks {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// What the parse stage made of the NAR.
+struct Parsed {
+    root: Node,
+    directories: Vec<Directory>,
+    chunks: Vec<ChunkRef>,
+    uploaded: usize,
+    stored_chunk_bytes: u64,
+}
+
+/// The parse stage: reads the NAR from its blocks, builds its tree, hashes and chunks its
+/// contents, and uploads the chunks (at most `upload_concurrency` at once).
+async fn parse(
+    blocks: mpsc::Receiver<std::io::Result<Bytes>>,
+    store: ChunkStore,
+    options: IngestOptions,
+    mut chunker: ContentChunker,
+    skip_existing: bool,
+) -> Result<Parsed, IngestError> {
+    let mut nar = NarReader::new(StreamReader::new(Blocks(blocks)));
+    let mut uploads = Uploads::new(store, options.upload_concurrency, skip_existing, options.zstd_level);
     let mut tree = TreeBuilder::default();
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; BLOCK];
     let mut ready = Vec::new();
+    let mut entries = 0u64;
     while let Some(event) = nar.next().await? {
+        if !matches!(event, NarEvent::EndDirectory) {
+            entries += 1;
+            if entries > options.max_entries {
+                return Err(IngestError::TooManyEntries { max: options.max_entries });
+            }
+        }
         match event {
             NarEvent::Directory { name } => tree.start_directory(name),
             NarEvent::EndDirectory => tree.end_directory()?,
@@ -183,44 +442,39 @@ where
                 tree.file(name, Digest::from(hasher.finalize()), size, executable);
             }
         }
+        if tree.record_bytes() + uploads.chunks.len() as u64 * CHUNK_REF_BYTES > options.max_record_bytes {
+            return Err(IngestError::RecordTooLarge { max: options.max_record_bytes });
+        }
     }
     chunker.finish(&mut ready);
     uploads.add_all(&mut ready).await?;
-    let nar_digests = nar.into_inner().digests();
+    if tree.record_bytes() + uploads.chunks.len() as u64 * CHUNK_REF_BYTES > options.max_record_bytes {
+        return Err(IngestError::RecordTooLarge { max: options.max_record_bytes });
+    }
     // The reader ends only after a complete root node, so a tree is always there.
     let (root, directories) = tree.finish().ok_or(NarError::UnexpectedEof)?;
     let (chunks, uploaded, stored_chunk_bytes) = uploads.finish().await?;
+    Ok(Parsed { root, directories, chunks, uploaded, stored_chunk_bytes })
+}
 
-    // The decoders read multi-member streams to the end; any byte after the last one is garbage.
-    if received.read(&mut [0u8; 1]).await.map_err(IngestError::Read)? != 0 {
-        return Err(NarError::TrailingData.into());
+/// Waits for a stage's task; a panic in it is carried on.
+async fn join<T>(task: AbortOnDropHandle<Result<T, IngestError>>) -> Result<T, IngestError> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only dropping the handle aborts the task, and the handle is held here.
+        Err(e) => Err(IngestError::Read(std::io::Error::other(e))),
     }
-    let received_digests = received.into_inner().digests();
-    let nar_md5 = nar_digests.md5.or(received_digests.md5).unwrap_or_default();
-    let nar_hash = nar_digests.sha256.unwrap_or_default();
-    check_expected(options, &nar_hash, nar_digests.size)?;
+}
 
-    let record = NarRecord {
-        root,
-        directories,
-        nar_hash,
-        nar_size: nar_digests.size,
-        nar_md5,
-        chunker: options.chunker,
-        chunks,
-    };
-    if lease.must_recheck() {
-        recheck_after_gc(store, lease, &record, options).await?;
+/// Waits for the decoder stage, if there is one: the NAR's digests.
+async fn join_opt(
+    task: Option<AbortOnDropHandle<Result<Digests, IngestError>>>,
+) -> Result<Option<Digests>, IngestError> {
+    match task {
+        Some(task) => join(task).await.map(Some),
+        None => Ok(None),
     }
-    store.backend().put(&record.key(), Bytes::from(record.encode())).await?;
-    Ok(Ingested {
-        chunks: record.chunks.len(),
-        record,
-        received: received_digests,
-        compression,
-        chunks_uploaded: uploaded,
-        stored_chunk_bytes,
-    })
 }
 
 fn check_expected(options: &IngestOptions, nar_hash: &[u8; 32], nar_size: u64) -> Result<(), IngestError> {
@@ -267,6 +521,7 @@ struct Uploads {
     store: ChunkStore,
     limit: usize,
     skip_existing: bool,
+    zstd_level: i32,
     in_flight: JoinSet<Result<PutOutcome, BackendError>>,
     chunks: Vec<ChunkRef>,
     seen: HashSet<Digest>,
@@ -275,11 +530,12 @@ struct Uploads {
 }
 
 impl Uploads {
-    fn new(store: ChunkStore, limit: usize, skip_existing: bool) -> Self {
+    fn new(store: ChunkStore, limit: usize, skip_existing: bool, zstd_level: i32) -> Self {
         Uploads {
             store,
             limit: limit.max(1),
             skip_existing,
+            zstd_level,
             in_flight: JoinSet::new(),
             chunks: Vec::new(),
             seen: HashSet::new(),
@@ -301,8 +557,8 @@ impl Uploads {
             while self.in_flight.len() >= self.limit {
                 self.join_one().await?;
             }
-            let (store, skip) = (self.store.clone(), self.skip_existing);
-            self.in_flight.spawn(async move { store.put(digest, data, skip).await });
+            let (store, skip, level) = (self.store.clone(), self.skip_existing, self.zstd_level);
+            self.in_flight.spawn(async move { store.put_at_level(digest, data, skip, level).await });
         }
         Ok(())
     }
