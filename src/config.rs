@@ -52,6 +52,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_CHUNK_CACHE_BYTES",
     "NARGATE_METADATA_CACHE_ENTRIES",
     "NARGATE_METADATA_TTL_SECS",
+    "NARGATE_UPLOADS_ABANDON_AFTER_SECS",
     "NARGATE_S3_ENDPOINT",
     "NARGATE_S3_REGION",
     "NARGATE_S3_BUCKET",
@@ -91,6 +92,8 @@ pub struct Config {
     pub credentials: ClientCredentials,
     /// Cache sizes.
     pub cache: CacheConfig,
+    /// Multipart uploads.
+    pub uploads: UploadsConfig,
     /// Settings of buckets, by bucket name, applied at start.
     pub buckets: BTreeMap<String, BucketSettings>,
 }
@@ -198,6 +201,22 @@ pub struct CacheConfig {
     pub metadata_ttl: Duration,
 }
 
+/// Multipart uploads (`[uploads]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// How long a multipart upload nothing was written to is kept before the repair pass removes
+    /// its parts (TOML `abandon_after_secs`, `NARGATE_UPLOADS_ABANDON_AFTER_SECS`).
+    #[serde(rename = "abandon_after_secs", deserialize_with = "secs")]
+    pub abandon_after: Duration,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig { abandon_after: crate::cache::uploads::DEFAULT_ABANDON_AFTER }
+    }
+}
+
 /// Settings of one bucket (`[buckets.<name>]`); `None` leaves the stored setting as it is.
 pub use crate::cache::BucketSettings;
 
@@ -279,6 +298,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             credentials: ClientCredentials::default(),
             cache: CacheConfig::default(),
+            uploads: UploadsConfig::default(),
             buckets: BTreeMap::new(),
         }
     }
@@ -392,6 +412,10 @@ impl Config {
             render: self.render_config(),
             chunk_cache_bytes: self.cache.chunk_cache_bytes,
             buckets: self.buckets.clone(),
+            uploads: crate::cache::uploads::UploadOptions {
+                abandon_after: self.uploads.abandon_after,
+                ..Default::default()
+            },
         }
     }
 
@@ -438,6 +462,9 @@ impl Config {
             "NARGATE_CHUNK_CACHE_BYTES" => self.cache.chunk_cache_bytes = parse(value)?,
             "NARGATE_METADATA_CACHE_ENTRIES" => self.cache.metadata_cache_entries = parse(value)?,
             "NARGATE_METADATA_TTL_SECS" => self.cache.metadata_ttl = duration_from_secs(parse(value)?)?,
+            "NARGATE_UPLOADS_ABANDON_AFTER_SECS" => {
+                self.uploads.abandon_after = duration_from_secs(parse(value)?)?;
+            }
             "NARGATE_S3_ENDPOINT" => self.s3_mut().endpoint = Some(value.to_owned()),
             "NARGATE_S3_REGION" => self.s3_mut().region = value.to_owned(),
             "NARGATE_S3_BUCKET" => self.s3_mut().bucket = value.to_owned(),
@@ -680,6 +707,7 @@ mod tests {
         assert_eq!(config.cache.chunk_cache_bytes, 64 << 20);
         assert_eq!(config.cache.metadata_cache_entries, 10_000);
         assert_eq!(config.cache.metadata_ttl, Duration::from_secs(5));
+        assert_eq!(config.uploads.abandon_after, Duration::from_secs(24 * 60 * 60));
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         let s3 = S3BackendConfig::default().to_s3_config();
         assert_eq!(format!("{s3:?}"), format!("{:?}", S3Config::default()));
@@ -744,6 +772,9 @@ mod tests {
             metadata_cache_entries = 30
             metadata_ttl_secs = 0
 
+            [uploads]
+            abandon_after_secs = 3600
+
             [buckets.cache]
             anonymous_read = true
             priority = 30
@@ -781,6 +812,7 @@ mod tests {
                 metadata_cache_entries: 30,
                 metadata_ttl: Duration::ZERO,
             },
+            uploads: UploadsConfig { abandon_after: Duration::from_secs(3600) },
             buckets: BTreeMap::from([
                 (
                     "cache".into(),
@@ -860,6 +892,7 @@ mod tests {
                 ("NARGATE_METADATA_TTL_SECS", "1.5"),
                 ("NARGATE_TABLE_CACHE_BYTES", "11"),
                 ("NARGATE_METADATA_CACHE_ENTRIES", "12"),
+                ("NARGATE_UPLOADS_ABANDON_AFTER_SECS", "60"),
                 ("NARGATE_LOG", "debug"),
                 ("NARGATE_S3_REGION", ""),
                 ("OTHER", "x"),
@@ -885,6 +918,8 @@ mod tests {
         assert_eq!(config.cache.table_cache_bytes, 11);
         assert_eq!(config.cache.chunk_cache_bytes, 5, "kept from the file");
         assert_eq!(config.cache.metadata_cache_entries, 12);
+        assert_eq!(config.uploads.abandon_after, Duration::from_secs(60));
+        assert_eq!(config.gateway_options().uploads.abandon_after, Duration::from_secs(60));
     }
 
     #[test]
@@ -958,6 +993,7 @@ mod tests {
             ("domains = [\"a.example:9000\"]", "domains"),
             ("domains = [\"\"]", "domains"),
             ("[cache]\nmetadata_ttl_secs = -3", "metadata_ttl_secs"),
+            ("[uploads]\nabandon_after_secs = \"1d\"", "abandon_after_secs"),
             ("[cache]\ntable_cache_bytes = \"1G\"", "table_cache_bytes"),
             ("[backend]\ntype = \"s3\"", "backend.bucket"),
             ("[backend]\ntype = \"s3\"\nbucket = \"b\"\npath_style = \"yes\"", "path_style"),

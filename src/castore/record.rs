@@ -26,6 +26,10 @@ pub enum RecordKind {
     CacheNar,
     /// A client key pair (`credentials/<access key id>`).
     Credentials,
+    /// A multipart upload in progress (`uploads/<bucket>/<id>`).
+    Upload,
+    /// A finished multipart upload (`uploads/.completed/<bucket>/<id>`).
+    CompletedUpload,
 }
 
 impl RecordKind {
@@ -41,6 +45,8 @@ impl RecordKind {
             RecordKind::Lock => b"NGLK",
             RecordKind::CacheNar => b"NGCN",
             RecordKind::Credentials => b"NGCR",
+            RecordKind::Upload => b"NGUP",
+            RecordKind::CompletedUpload => b"NGUC",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod conditional;
 pub mod error;
 pub mod host;
 pub mod http;
+pub mod multipart;
 pub mod read;
 pub mod s3;
 pub mod target;
@@ -27,6 +28,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{Body, S3Request, S3Response, S3Result};
 
 use crate::backend::DynBackend;
+use crate::cache::uploads::{UploadError, UploadOptions};
 use crate::cache::{BucketSettings, Cache, MetaCache, MetaConfig};
 use crate::castore::ChunkStore;
 use crate::credentials::CredentialStore;
@@ -50,6 +52,8 @@ pub struct GatewayOptions {
     pub chunk_cache_bytes: u64,
     /// Settings that buckets created through S3 get, by bucket name.
     pub buckets: BTreeMap<String, BucketSettings>,
+    /// Multipart uploads.
+    pub uploads: UploadOptions,
 }
 
 impl Default for GatewayOptions {
@@ -73,6 +77,9 @@ struct Inner {
     /// Secrets of key pairs, for the metadata TTL (misses are not kept).
     secrets: moka::future::Cache<String, String>,
     configured_buckets: BTreeMap<String, BucketSettings>,
+    uploads: UploadOptions,
+    /// The multipart Completes running in this gateway.
+    completes: multipart::Running,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -97,6 +104,8 @@ impl Gateway {
                 credentials: CredentialStore::new(backend.clone()),
                 secrets,
                 configured_buckets: options.buckets,
+                uploads: options.uploads,
+                completes: multipart::Running::default(),
                 backend,
             }),
         }
@@ -105,6 +114,13 @@ impl Gateway {
     /// The cache (bucket) named `bucket`, reading through the metadata cache.
     pub fn cache(&self, bucket: &str) -> Cache {
         Cache::with_meta(self.inner.backend.clone(), bucket, self.inner.meta.clone())
+    }
+
+    /// Removes the multipart uploads of every bucket that nothing was written to for the
+    /// configured grace period (`uploads.abandon_after_secs`); returns how many. For the periodic
+    /// repair pass.
+    pub async fn remove_abandoned_uploads(&self) -> Result<usize, UploadError> {
+        crate::cache::uploads::remove_abandoned(&self.inner.backend, self.inner.uploads.abandon_after).await
     }
 
     /// The secret of the key pair `access_key_id`, if there is one.

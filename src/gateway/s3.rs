@@ -61,7 +61,7 @@ fn url_encode(s: &str) -> String {
 
 impl Gateway {
     /// A bucket's settings, or NoSuchBucket.
-    async fn existing(&self, bucket: &str) -> S3Result<BucketRecord> {
+    pub(super) async fn existing(&self, bucket: &str) -> S3Result<BucketRecord> {
         self.cache(bucket)
             .settings()
             .await
@@ -359,6 +359,42 @@ impl S3 for Gateway {
             .await
             .map_err(|e| backend_error(&input.key, e))?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(written.etag)), ..Default::default() }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.create_upload(req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.stage_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.complete_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.abort_upload(req).await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.list_upload_parts(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.list_uploads(req).await
     }
 
     async fn delete_object(
