@@ -41,10 +41,18 @@ pub const DEFAULT_METADATA_CACHE_ENTRIES: u64 = crate::cache::meta::DEFAULT_MAX_
 pub const DEFAULT_METADATA_TTL: Duration = crate::cache::meta::DEFAULT_TTL;
 
 /// The environment variables [`Config::load`] reads, each overriding one setting.
+/// How long a request body may send nothing before it fails with IncompleteBody.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often `serve` runs the repair pass.
+pub const DEFAULT_REPAIR_INTERVAL: Duration = Duration::from_secs(600);
+
 pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_LISTEN",
     "NARGATE_DOMAINS",
     "NARGATE_READ_AHEAD",
+    "NARGATE_BODY_IDLE_TIMEOUT_SECS",
+    "NARGATE_REPAIR_INTERVAL_SECS",
     "NARGATE_DATA",
     "NARGATE_ACCESS_KEY_ID",
     "NARGATE_SECRET_ACCESS_KEY",
@@ -96,6 +104,14 @@ pub struct Config {
     pub uploads: UploadsConfig,
     /// Settings of buckets, by bucket name, applied at start.
     pub buckets: BTreeMap<String, BucketSettings>,
+    /// A request body that sends nothing for this long fails with IncompleteBody (TOML
+    /// `body_idle_timeout_secs`, `NARGATE_BODY_IDLE_TIMEOUT_SECS`).
+    #[serde(rename = "body_idle_timeout_secs", deserialize_with = "secs")]
+    pub body_idle_timeout: Duration,
+    /// How often `serve` runs the repair pass (TOML `repair_interval_secs`,
+    /// `NARGATE_REPAIR_INTERVAL_SECS`).
+    #[serde(rename = "repair_interval_secs", deserialize_with = "secs")]
+    pub repair_interval: Duration,
 }
 
 /// The backend (TOML: `[backend]` with `type = "fs"` or `type = "s3"`).
@@ -300,6 +316,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             uploads: UploadsConfig::default(),
             buckets: BTreeMap::new(),
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            repair_interval: DEFAULT_REPAIR_INTERVAL,
         }
     }
 }
@@ -416,6 +434,8 @@ impl Config {
                 abandon_after: self.uploads.abandon_after,
                 ..Default::default()
             },
+            ingest: crate::ingest::IngestOptions::default(),
+            body_idle_timeout: self.body_idle_timeout,
         }
     }
 
@@ -455,6 +475,8 @@ impl Config {
                     value.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned).collect();
             }
             "NARGATE_READ_AHEAD" => self.read_ahead = parse(value)?,
+            "NARGATE_BODY_IDLE_TIMEOUT_SECS" => self.body_idle_timeout = duration_from_secs(parse(value)?)?,
+            "NARGATE_REPAIR_INTERVAL_SECS" => self.repair_interval = duration_from_secs(parse(value)?)?,
             "NARGATE_DATA" => self.backend = BackendConfig::Fs { dir: value.into() },
             "NARGATE_ACCESS_KEY_ID" => self.credentials.access_key_id = Some(value.to_owned()),
             "NARGATE_SECRET_ACCESS_KEY" => self.credentials.secret_access_key = Some(Secret::new(value)),

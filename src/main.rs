@@ -89,6 +89,12 @@ enum Command {
         #[command(subcommand)]
         action: BucketAction,
     },
+    /// Commit every uploaded narinfo whose NAR its bucket holds (what `serve` also does at start
+    /// and periodically), so that an upload interrupted between its halves becomes visible.
+    Repair {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +187,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Credentials { store, action } => credentials(&store, action).await,
         Command::Bucket { store, action } => bucket(&store, action).await,
+        Command::Repair { store } => repair(&store).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -249,6 +256,7 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     println!(
         "          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>"
     );
+    spawn_repair(backend.clone(), config.repair_interval);
     let gateway = Gateway::new(backend, options);
     nargate::gateway::serve(listener, gateway, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -256,6 +264,33 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     })
     .await?;
     Ok(())
+}
+
+/// `nargate repair`: one repair pass over every bucket.
+async fn repair(store: &StoreArgs) -> Result<()> {
+    let (_, backend) = open_store(store).await?;
+    let report = nargate::cache::repair_all(&backend).await.map_err(|e| Failure(e.to_string()))?;
+    println!(
+        "{} bucket(s), {} pending narinfo(s), {} store path(s) committed",
+        report.buckets, report.pending, report.committed
+    );
+    Ok(())
+}
+
+/// Runs the repair pass now, then every `interval`, for as long as the gateway serves.
+fn spawn_repair(backend: nargate::backend::DynBackend, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        loop {
+            match nargate::cache::repair_all(&backend).await {
+                Ok(report) if report.committed > 0 => {
+                    tracing::info!(committed = report.committed, "repair pass committed pending narinfos")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("repair pass failed: {e}"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
 }
 
 fn host_of(endpoint: &str) -> &str {

@@ -39,12 +39,23 @@ impl CacheKeys {
 
     /// The prefix of the narinfos waiting for the NAR `nar_hash`.
     pub fn pending_prefix(&self, nar_hash: &str) -> String {
-        format!("{}pending/{nar_hash}/", self.root)
+        format!("{}{nar_hash}/", self.pending_root())
     }
 
     /// A narinfo of `store_hash` waiting for the NAR `nar_hash`.
     pub fn pending(&self, nar_hash: &str, store_hash: &str) -> String {
         format!("{}{store_hash}", self.pending_prefix(nar_hash))
+    }
+
+    /// The prefix of every pending narinfo of this cache.
+    pub fn pending_root(&self) -> String {
+        format!("{}pending/", self.root)
+    }
+
+    /// What the upload key `key` (a client's `nar/…` key) names: the NAR it brought or that a
+    /// narinfo expects there.
+    pub fn upload_key(&self, key: &str) -> String {
+        format!("{}uploadkeys/{key}", self.root)
     }
 
     /// The prefix of the listing index.

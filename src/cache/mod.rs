@@ -10,6 +10,9 @@ pub mod keys;
 pub mod listing;
 pub mod meta;
 pub mod records;
+mod remove;
+mod repair;
+mod upload_key;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -20,7 +23,8 @@ use bytes::Bytes;
 pub use keys::{CacheKeys, IndexEntry};
 pub use listing::{After, ListQuery, Listing};
 pub use meta::{Cached, MetaCache, MetaConfig};
-pub use records::{BucketRecord, BucketSettings, CacheNar, PathInfo, Pending};
+pub use records::{BucketRecord, BucketSettings, CacheNar, PathInfo, Pending, UploadKey};
+pub use repair::{RepairReport, repair_all};
 
 use crate::backend::{
     self, Attributes, BackendError, ByteStream, DynBackend, GetResult, ListRequest, ObjectMeta, PutOptions,
@@ -70,12 +74,33 @@ pub enum CommitError {
     /// The bucket's signing key does not parse.
     #[error("the bucket's signing key is invalid: {0}")]
     SigningKey(String),
+    /// The narinfo names an upload key whose NAR is another.
+    #[error(
+        "narinfo says NarHash sha256:{narinfo_hash} NarSize {narinfo_size}, but the NAR uploaded at {url} has sha256:{nar_hash} and {nar_size} bytes"
+    )]
+    UploadMismatch {
+        /// The narinfo's URL.
+        url: String,
+        /// The narinfo's NarHash (nixbase32).
+        narinfo_hash: String,
+        /// The narinfo's NarSize.
+        narinfo_size: u64,
+        /// The uploaded NAR's hash (nixbase32).
+        nar_hash: String,
+        /// The uploaded NAR's size.
+        nar_size: u64,
+    },
 }
 
 impl CommitError {
     /// Whether the narinfo contradicts its NAR (so retrying cannot help).
     pub fn is_mismatch(&self) -> bool {
-        matches!(self, CommitError::NarSizeMismatch { .. } | CommitError::StorePathMismatch { .. })
+        matches!(
+            self,
+            CommitError::NarSizeMismatch { .. }
+                | CommitError::StorePathMismatch { .. }
+                | CommitError::UploadMismatch { .. }
+        )
     }
 }
 
@@ -348,16 +373,26 @@ impl Cache {
             listing_md5: md5(&listing),
         };
         self.backend.put(&self.keys.cache_nar(&nar_hash), Bytes::from(cache_nar.encode())).await?;
+        self.meta.invalidate(&self.keys.cache_nar(&nar_hash)).await;
         let visible = format!("nar/{nar_hash}.nar");
         self.put_index_entry(&visible, record.nar_size, &hex::encode(record.nar_md5)).await?;
+        self.commit_waiting(&nar_hash, &cache_nar).await
+    }
 
+    /// Commits every narinfo waiting for the NAR `nar_hash` (nixbase32), which this cache holds
+    /// as `cache_nar`; drops those that contradict it. Returns the store paths committed.
+    async fn commit_waiting(
+        &self,
+        nar_hash: &str,
+        cache_nar: &CacheNar,
+    ) -> Result<Vec<StorePath>, CommitError> {
         let mut committed = vec![];
-        let waiting = backend::list_all(self.backend.as_ref(), &self.keys.pending_prefix(&nar_hash)).await?;
+        let waiting = backend::list_all(self.backend.as_ref(), &self.keys.pending_prefix(nar_hash)).await?;
         for waiting in waiting {
             let Some(bytes) = self.get(&waiting.key).await? else { continue };
             let pending = Pending::decode(&bytes)?;
             let info = NarInfo::parse(&pending.narinfo)?;
-            match self.commit(&info, &cache_nar).await {
+            match self.commit(&info, cache_nar).await {
                 Ok(()) => committed.push(info.store_path.clone()),
                 // A narinfo that does not match this NAR never will: drop it, commit the others.
                 Err(e) if e.is_mismatch() => {
@@ -384,7 +419,9 @@ impl Cache {
                 store_path: info.store_path.to_string(),
             });
         }
-        let nar_hash = nixbase32::encode(&info.nar_hash_digest()?);
+        let nar_hash_bytes = info.nar_hash_digest()?;
+        let nar_hash = nixbase32::encode(&nar_hash_bytes);
+        self.expect_at_upload_key(info, &nar_hash_bytes).await?;
         let pending = Pending { narinfo: info.render() };
         self.backend.put(&self.keys.pending(&nar_hash, &store_hash), Bytes::from(pending.encode())).await?;
         match self.get(&self.keys.cache_nar(&nar_hash)).await? {
@@ -410,7 +447,7 @@ impl Cache {
         let nar_hash_bytes = info.nar_hash_digest()?;
         let nar_hash = nixbase32::encode(&nar_hash_bytes);
         let store_hash = info.store_path.hash_part();
-        let path_info = PathInfo {
+        let mut path_info = PathInfo {
             store_path: info.store_path.to_string(),
             nar_hash: nar_hash_bytes,
             nar_size: info.nar_size,
@@ -420,16 +457,46 @@ impl Cache {
             ca: info.ca.clone(),
             uploaded: now_secs(),
         };
+        let previous = match self.get(&self.keys.path_info(&store_hash)).await? {
+            Some(bytes) => Some(PathInfo::decode(&bytes)?),
+            None => None,
+        };
+        if let Some(previous) = &previous {
+            if previous.nar_hash == path_info.nar_hash {
+                // The same path again: its signatures are merged, the first upload's time kept.
+                let mut signatures = previous.signatures.clone();
+                signatures.extend(
+                    path_info.signatures.iter().filter(|s| !previous.signatures.contains(s)).cloned(),
+                );
+                path_info.signatures = signatures;
+                path_info.uploaded = previous.uploaded;
+            } else {
+                // Another NAR for this path: the old one's user marker goes.
+                let old = nixbase32::encode(&previous.nar_hash);
+                self.backend.delete(&self.keys.cache_nar_user(&old, &store_hash)).await?;
+            }
+            if previous.store_path != path_info.store_path {
+                let old = StorePath::parse(&previous.store_path)?;
+                self.remove_visible(&format!("store/{}.nar", old.base_name())).await?;
+            }
+        }
         self.backend.put(&self.keys.path_info(&store_hash), Bytes::from(path_info.encode())).await?;
         self.meta.invalidate(&self.keys.path_info(&store_hash)).await;
         self.backend.put(&self.keys.cache_nar_user(&nar_hash, &store_hash), Bytes::new()).await?;
         let text = self.served_narinfo(&path_info).await?.render();
-        self.put_index_entry(&format!("{store_hash}.narinfo"), text.len() as u64, &md5_hex(text.as_bytes()))
-            .await?;
-        self.put_index_entry(&format!("{store_hash}.ls"), nar.listing_size, &hex::encode(nar.listing_md5))
-            .await?;
         let alias = format!("store/{}.nar", info.store_path.base_name());
-        self.put_index_entry(&alias, nar.nar_size, &hex::encode(nar.nar_md5)).await?;
+        let entries = [
+            (format!("{store_hash}.narinfo"), text.len() as u64, md5_hex(text.as_bytes())),
+            (format!("{store_hash}.ls"), nar.listing_size, hex::encode(nar.listing_md5)),
+            (alias, nar.nar_size, hex::encode(nar.nar_md5)),
+        ];
+        for (key, size, etag) in &entries {
+            if previous.is_some() {
+                // Entries of the path as it was (another size or ETag) go before the new ones.
+                self.remove_visible_except(key, *size, etag).await?;
+            }
+            self.put_index_entry(key, *size, etag).await?;
+        }
         self.backend.delete(&self.keys.pending(&nar_hash, &store_hash)).await?;
         Ok(())
     }

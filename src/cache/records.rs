@@ -148,6 +148,19 @@ pub struct Pending {
     pub narinfo: String,
 }
 
+/// What an upload key names (`caches/<bucket>/uploadkeys/<key>`): the NAR that was uploaded at
+/// a `nar/…` key, or the one a narinfo whose `URL` is that key expects there. A narinfo and a NAR
+/// that meet at one key must agree on it, whichever came first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadKey {
+    /// The NAR's SHA-256.
+    pub nar_hash: [u8; 32],
+    /// The NAR's size.
+    pub nar_size: u64,
+    /// Whether the NAR itself was uploaded there (rather than only named by a narinfo).
+    pub landed: bool,
+}
+
 macro_rules! record_codec {
     ($ty:ty, $kind:expr) => {
         impl $ty {
@@ -167,6 +180,7 @@ macro_rules! record_codec {
 record_codec!(PathInfo, RecordKind::PathInfo);
 record_codec!(CacheNar, RecordKind::CacheNar);
 record_codec!(Pending, RecordKind::Pending);
+record_codec!(UploadKey, RecordKind::UploadKey);
 
 #[cfg(test)]
 mod tests {
@@ -234,5 +248,16 @@ mod tests {
         assert_eq!(v1.nix_cache_info(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
         let pending = Pending { narinfo: "N".into() };
         assert_eq!(hex::encode(pending.encode()), "4e47504401014e");
+        let upload = UploadKey { nar_hash: [7; 32], nar_size: 300, landed: true };
+        assert_eq!(
+            hex::encode(upload.encode()),
+            concat!(
+                "4e47554b01",
+                "0707070707070707070707070707070707070707070707070707070707070707",
+                "ac02",
+                "01"
+            )
+        );
+        assert_eq!(UploadKey::decode(&upload.encode()).unwrap(), upload);
     }
 }

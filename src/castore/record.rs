@@ -30,6 +30,8 @@ pub enum RecordKind {
     Upload,
     /// A finished multipart upload (`uploads/.completed/<bucket>/<id>`).
     CompletedUpload,
+    /// What an upload key of a cache names (`caches/<bucket>/uploadkeys/<key>`).
+    UploadKey,
 }
 
 impl RecordKind {
@@ -47,6 +49,7 @@ impl RecordKind {
             RecordKind::Credentials => b"NGCR",
             RecordKind::Upload => b"NGUP",
             RecordKind::CompletedUpload => b"NGUC",
+            RecordKind::UploadKey => b"NGUK",
         }
     }
 }

@@ -9,6 +9,7 @@ use s3s::{S3Error, S3ErrorCode};
 
 use crate::backend::BackendError;
 use crate::cache::CommitError;
+use crate::ingest::IngestError;
 use crate::render::RenderError;
 
 /// The S3 error for a failed backend request about `key`.
@@ -60,4 +61,28 @@ pub fn render_error(key: &str, e: RenderError) -> S3Error {
         RenderError::Backend(e) => backend_error(key, e),
         other => internal(key, &other),
     }
+}
+
+/// The S3 error for an upload that could not be ingested. What is wrong with the upload is a
+/// 4xx (Nix retries a 5xx with an empty body and hangs): a NAR that is not one → InvalidRequest,
+/// one that is not the NAR expected → BadDigest, a running GC → 409 OperationAborted.
+pub fn ingest_error(key: &str, e: IngestError) -> S3Error {
+    let code = match &e {
+        IngestError::Compression(_) | IngestError::Nar(_) | IngestError::Tree(_) => {
+            S3ErrorCode::InvalidRequest
+        }
+        IngestError::NarHashMismatch { .. } | IngestError::NarSizeMismatch { .. } => S3ErrorCode::BadDigest,
+        IngestError::Read(_) => S3ErrorCode::IncompleteBody,
+        IngestError::GcConflict => S3ErrorCode::OperationAborted,
+        IngestError::Chunker(_) => return internal(key, &e),
+        IngestError::Backend(_) => {
+            let IngestError::Backend(e) = e else { unreachable!() };
+            return backend_error(key, e);
+        }
+    };
+    let mut error = S3Error::with_message(code, e.to_string());
+    if matches!(e, IngestError::GcConflict) {
+        error.set_status_code(http::StatusCode::CONFLICT);
+    }
+    error
 }

@@ -6,9 +6,10 @@
 //! HEAD of objects (a custom route, so that ranges and preconditions come from the raw headers),
 //! [`s3`] every other operation; [`target`] says what a key names, [`conditional`] reads ranges
 //! and preconditions, [`error`] maps the core's errors. The gateway calls the cache, the renderer
-//! and (with uploads) the ingest; it never reaches into the backend's keys.
+//! and the ingest ([`write`] for PUT and DELETE, [`body`] for reading request bodies); it never reaches into the backend's keys.
 
 pub mod auth;
+pub mod body;
 pub mod conditional;
 pub mod error;
 pub mod host;
@@ -17,6 +18,7 @@ pub mod multipart;
 pub mod read;
 pub mod s3;
 pub mod target;
+pub mod write;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use crate::cache::uploads::{UploadError, UploadOptions};
 use crate::cache::{BucketSettings, Cache, MetaCache, MetaConfig};
 use crate::castore::ChunkStore;
 use crate::credentials::CredentialStore;
+use crate::ingest::IngestOptions;
 use crate::render::{RenderConfig, Renderer};
 use host::VirtualHosts;
 use read::Located;
@@ -54,6 +57,10 @@ pub struct GatewayOptions {
     pub buckets: BTreeMap<String, BucketSettings>,
     /// Multipart uploads.
     pub uploads: UploadOptions,
+    /// How uploaded NARs are ingested.
+    pub ingest: IngestOptions,
+    /// A request body that sends nothing for this long fails with IncompleteBody.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -80,6 +87,9 @@ struct Inner {
     uploads: UploadOptions,
     /// The multipart Completes running in this gateway.
     completes: multipart::Running,
+    chunks: ChunkStore,
+    ingest: IngestOptions,
+    body_idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -99,7 +109,10 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 meta: MetaCache::new(options.meta),
-                renderer: Renderer::new(chunks, options.render),
+                renderer: Renderer::new(chunks.clone(), options.render),
+                chunks,
+                ingest: options.ingest,
+                body_idle_timeout: options.body_idle_timeout,
                 hosts: VirtualHosts::new(&options.domains),
                 credentials: CredentialStore::new(backend.clone()),
                 secrets,

@@ -23,16 +23,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use futures::{StreamExt, TryStreamExt};
 use http::StatusCode;
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
+use super::body::{Expected, receive};
 use super::error::{backend_error, internal};
-use crate::backend::{self, Attributes, BackendError, ByteStream};
+use super::target::Target;
+use super::write::Upload;
+use crate::backend::{self, Attributes};
 use crate::cache::uploads::{self, UploadError, Uploads};
 
 /// How long a Complete may run before its answer switches to a kept-alive `200` whose body
@@ -83,43 +84,6 @@ impl Running {
     }
 }
 
-// --- Stand-in for `super::write` (the lead's write path), until it lands on main. ---
-
-/// What a client sent along with an object's bytes.
-#[derive(Debug, Default)]
-pub struct Upload {
-    /// The object's attributes.
-    pub attributes: Attributes,
-    /// The Content-MD5 the client sent.
-    pub content_md5: Option<[u8; 16]>,
-}
-
-/// What a write made.
-#[derive(Debug)]
-pub struct Written {
-    /// The object's ETag.
-    pub etag: String,
-}
-
-impl Gateway {
-    /// Stand-in: writes `key` as a plain object.
-    pub(super) async fn write_object(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: ByteStream,
-        upload: Upload,
-    ) -> S3Result<Written> {
-        let options =
-            crate::backend::PutOptions { attributes: upload.attributes, content_md5: upload.content_md5 };
-        let written =
-            self.cache(bucket).put_plain(key, body, options).await.map_err(|e| backend_error(key, e))?;
-        Ok(Written { etag: written.etag })
-    }
-}
-
-// --- End of the stand-in. ---
-
 /// The S3 error for a failed staging operation about `key`.
 fn upload_error(key: &str, e: UploadError) -> S3Error {
     match e {
@@ -150,28 +114,6 @@ fn upload_error(key: &str, e: UploadError) -> S3Error {
             EntityTooSmall,
             "Your proposed upload is smaller than the minimum allowed object size. (part {number}: {size} bytes, the minimum is {min})"
         ),
-    }
-}
-
-/// The Content-MD5 a client sent, decoded: InvalidDigest if it is not base64 of 16 bytes.
-pub(super) fn content_md5(header: Option<&str>) -> S3Result<Option<[u8; 16]>> {
-    let Some(b64) = header else { return Ok(None) };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid base64"))?;
-    let md5 = <[u8; 16]>::try_from(bytes)
-        .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not 16 bytes"))?;
-    Ok(Some(md5))
-}
-
-/// A request body as a backend stream (its failures are [`BackendError::Body`]).
-pub(super) fn body_stream(key: &str, body: Option<StreamingBlob>) -> ByteStream {
-    let key = key.to_owned();
-    match body {
-        Some(body) => {
-            body.map_err(move |e| BackendError::Body { key: key.clone(), message: e.to_string() }).boxed()
-        }
-        None => futures::stream::empty().boxed(),
     }
 }
 
@@ -212,17 +154,14 @@ impl Gateway {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
-        if input.key.starts_with("store/") {
-            return Err(s3_error!(
-                InvalidRequest,
-                "store/ keys are a read-only view of the cache's store paths: upload the NAR to nar/ and its narinfo instead"
-            ));
+        if matches!(Target::of(&input.key), Target::StoreNar { .. } | Target::StoreView) {
+            return Err(s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths"));
         }
         let cache = self.cache(&input.bucket);
         backend::validate_key(&cache.keys().raw(&input.key)).map_err(|e| backend_error(&input.key, e))?;
         let attributes = Attributes {
             content_type: input.content_type,
-            content_encoding: input.content_encoding,
+            content_encoding: input.content_encoding.filter(|e| e != "aws-chunked"),
             cache_control: input.cache_control,
             content_disposition: input.content_disposition,
             content_language: input.content_language,
@@ -255,16 +194,26 @@ impl Gateway {
         let input = req.input;
         let key = input.key.as_str();
         let number = uploads::part_number(i64::from(input.part_number)).map_err(|e| upload_error(key, e))?;
-        let content_md5 = content_md5(input.content_md5.as_deref())?;
+        let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
         self.existing(&input.bucket).await?;
-        // The upload is checked before the body is read (hyper sends `100 Continue` only then).
-        let body = body_stream(key, input.body);
-        let part = self
-            .uploads(&input.bucket)
-            .put_part(&input.upload_id, key, number, body, content_md5)
-            .await
-            .map_err(|e| upload_error(key, e))?;
-        Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(part.etag())), ..Default::default() }))
+        // Content-MD5 and checksums are checked as the body arrives; the upload is checked
+        // before the body is read (hyper sends `100 Continue` only then).
+        let (body, receipt) = receive(key, input.body, expected, self.inner.body_idle_timeout);
+        let staged = self.uploads(&input.bucket).put_part(&input.upload_id, key, number, body, None).await;
+        if let Some(failure) = receipt.failure() {
+            return Err(failure.to_s3());
+        }
+        let part = staged.map_err(|e| upload_error(key, e))?;
+        let checksum = receipt.outcome().and_then(Result::ok).map(|r| r.checksum).unwrap_or_default();
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(part.etag())),
+            checksum_crc32: checksum.checksum_crc32,
+            checksum_crc32c: checksum.checksum_crc32c,
+            checksum_crc64nvme: checksum.checksum_crc64nvme,
+            checksum_sha1: checksum.checksum_sha1,
+            checksum_sha256: checksum.checksum_sha256,
+            ..Default::default()
+        }))
     }
 
     /// CompleteMultipartUpload: checks the part list, then writes the object from the staged
@@ -347,10 +296,8 @@ impl Gateway {
         let (gateway, bucket, key, id) = (self.clone(), bucket.to_owned(), key.to_owned(), id.to_owned());
         let task = tokio::spawn(async move {
             let body = staging.body(&id, &parts);
-            let upload = Upload {
-                attributes: uploads::with_etag(record.attributes.clone(), &etag),
-                content_md5: None,
-            };
+            let attributes = uploads::with_etag(record.attributes.clone(), &etag);
+            let upload = Upload { attributes, ..Default::default() };
             let outcome = async {
                 gateway.write_object(&bucket, &key, body, upload).await?;
                 staging.finish(&id, &record, &etag).await.map_err(|e| upload_error(&key, e))?;

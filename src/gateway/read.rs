@@ -225,7 +225,7 @@ impl Gateway {
                     body: Source::Nar(table),
                 })
             }
-            Target::Reserved | Target::Plain => Err(not_found()),
+            Target::NarUpload | Target::StoreView | Target::Plain => Err(not_found()),
         }
     }
 

@@ -9,18 +9,17 @@
 //! | DeleteBucket | removes an empty bucket (BucketNotEmpty otherwise) |
 //! | GetBucketAcl, PutBucketAcl | the bucket's anonymous-read setting, as S3 ACLs |
 //! | ListObjects, ListObjectsV2 | the merged listing of plain objects and virtual keys |
-//! | PutObject, DeleteObject, DeleteObjects | plain objects (uploads of NARs and narinfos come with the next issue) |
+//! | PutObject, DeleteObject, DeleteObjects | every key, as [`super::write`] maps them |
 
-use base64::Engine;
-use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
+use super::body::{Expected, receive};
 use super::conditional::whole_seconds;
-use super::error::{backend_error, commit_error};
-use super::target::Target;
-use crate::backend::{Attributes, BackendError, PutOptions};
+use super::error::commit_error;
+use super::write::Upload;
+use crate::backend::Attributes;
 use crate::cache::{After, BucketRecord, ListQuery, Listing};
 
 /// The owner every bucket and object shows (the gateway has one tenant).
@@ -39,17 +38,6 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
         other => Err(s3_error!(
             NotImplemented,
             "canned ACL {other:?} is not supported: use private or public-read"
-        )),
-    }
-}
-
-/// Refuses writes of keys the gateway renders (uploads of NARs and narinfos are the next issue).
-fn plain_only(key: &str) -> S3Result<()> {
-    match Target::of(key) {
-        Target::Plain => Ok(()),
-        _ => Err(s3_error!(
-            NotImplemented,
-            "{key:?} is a key this gateway renders; uploads of NARs and narinfos are not supported yet"
         )),
     }
 }
@@ -148,7 +136,7 @@ impl S3 for Gateway {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let input = req.input;
-        let mut settings = BucketRecord::new_now();
+        let mut settings = self.new_bucket_settings(&input.bucket);
         if let Some(acl) = &input.acl {
             settings.anonymous_read = canned_anonymous_read(acl)?;
         }
@@ -318,23 +306,10 @@ impl S3 for Gateway {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
-        plain_only(&input.key)?;
-        let content_md5 = match &input.content_md5 {
-            None => None,
-            Some(b64) => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| {
-                    s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid base64")
-                })?;
-                Some(
-                    <[u8; 16]>::try_from(bytes).map_err(|_| {
-                        s3_error!(InvalidDigest, "The Content-MD5 you specified is not 16 bytes")
-                    })?,
-                )
-            }
-        };
+        let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
         let attributes = Attributes {
             content_type: input.content_type.clone(),
-            content_encoding: input.content_encoding.clone(),
+            content_encoding: input.content_encoding.clone().filter(|e| e != "aws-chunked"),
             cache_control: input.cache_control.clone(),
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
@@ -344,21 +319,22 @@ impl S3 for Gateway {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| crate::cache::uploads::client_metadata_allowed(k))
                 .collect(),
         };
-        let key = input.key.clone();
-        let body = match input.body {
-            Some(body) => {
-                body.map_err(move |e| BackendError::Body { key: key.clone(), message: e.to_string() }).boxed()
-            }
-            None => futures::stream::empty().boxed(),
-        };
-        let written = self
-            .cache(&input.bucket)
-            .put_plain(&input.key, body, PutOptions { attributes, content_md5 })
-            .await
-            .map_err(|e| backend_error(&input.key, e))?;
-        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(written.etag)), ..Default::default() }))
+        let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
+        let upload = Upload { attributes, content_md5: None, receipt: Some(receipt) };
+        let written = self.write_object(&input.bucket, &input.key, body, upload).await?;
+        let checksum = written.checksum;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(written.etag)),
+            checksum_crc32: checksum.checksum_crc32,
+            checksum_crc32c: checksum.checksum_crc32c,
+            checksum_crc64nvme: checksum.checksum_crc64nvme,
+            checksum_sha1: checksum.checksum_sha1,
+            checksum_sha256: checksum.checksum_sha256,
+            ..Default::default()
+        }))
     }
 
     async fn create_multipart_upload(
@@ -403,8 +379,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
-        plain_only(&input.key)?;
-        self.cache(&input.bucket).delete_plain(&input.key).await.map_err(|e| backend_error(&input.key, e))?;
+        self.delete_key(&input.bucket, &input.key).await?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -414,15 +389,10 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
-        let cache = self.cache(&input.bucket);
         let quiet = input.delete.quiet == Some(true);
         let (mut deleted, mut errors) = (vec![], vec![]);
         for object in input.delete.objects {
-            let outcome = match plain_only(&object.key) {
-                Ok(()) => cache.delete_plain(&object.key).await.map_err(|e| backend_error(&object.key, e)),
-                Err(e) => Err(e),
-            };
-            match outcome {
+            match self.delete_key(&input.bucket, &object.key).await {
                 Ok(()) if quiet => {}
                 Ok(()) => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
                 Err(e) => errors.push(Error {

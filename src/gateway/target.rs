@@ -29,9 +29,11 @@ pub enum Target {
         /// The store path.
         store_path: StorePath,
     },
-    /// Any other key under `nar/` or `store/`: names nothing that can be read (upload keys of
-    /// compressed NARs are not kept; `store/` is a read-only view).
-    Reserved,
+    /// Any other key under `nar/`: an upload key (`nar/<filehash>.nar.xz` …), whose NAR is
+    /// ingested but which is not kept as an object.
+    NarUpload,
+    /// Any other key under `store/`, a read-only view: names nothing.
+    StoreView,
     /// Anything else (`log/…`, `realisations/…`, …): a plain object, stored verbatim.
     Plain,
 }
@@ -61,21 +63,16 @@ impl Target {
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
             return match nar_hash {
                 Some(nar_hash) => Target::Nar { nar_hash },
-                None => Target::Reserved,
+                None => Target::NarUpload,
             };
         }
         if let Some(rest) = key.strip_prefix("store/") {
             return match rest.strip_suffix(".nar").map(StorePath::from_base_name) {
                 Some(Ok(store_path)) => Target::StoreNar { store_path },
-                _ => Target::Reserved,
+                _ => Target::StoreView,
             };
         }
         Target::Plain
-    }
-
-    /// Whether the gateway renders this key (rather than storing it verbatim).
-    pub fn is_virtual(&self) -> bool {
-        !matches!(self, Target::Plain)
     }
 }
 
@@ -91,11 +88,11 @@ mod tests {
         assert_eq!(Target::of(&format!("{hash}.ls")), Target::Listing { store_hash: hash.into() });
         let nar = "0si672nf2365giszyc447xckd3vhaycpp3wbym88xscw0r0ij5qb";
         assert!(matches!(Target::of(&format!("nar/{nar}.nar")), Target::Nar { .. }));
-        assert_eq!(Target::of(&format!("nar/{nar}.nar.xz")), Target::Reserved);
-        assert_eq!(Target::of("nar/"), Target::Reserved);
+        assert_eq!(Target::of(&format!("nar/{nar}.nar.xz")), Target::NarUpload);
+        assert_eq!(Target::of("nar/"), Target::NarUpload);
         assert!(matches!(Target::of(&format!("store/{hash}-hello.nar")), Target::StoreNar { .. }));
-        assert_eq!(Target::of(&format!("store/{hash}-hello")), Target::Reserved);
-        assert_eq!(Target::of("store/x.nar"), Target::Reserved);
+        assert_eq!(Target::of(&format!("store/{hash}-hello")), Target::StoreView);
+        assert_eq!(Target::of("store/x.nar"), Target::StoreView);
         // Not a store hash (an `e`, `o`, `u` or `t` is not nixbase32), or not at the top: plain.
         assert_eq!(Target::of("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo"), Target::Plain);
         assert_eq!(Target::of(&format!("log/{hash}.narinfo")), Target::Plain);

@@ -1,5 +1,6 @@
 //! Nix's formats, implemented from scratch: everything nargate needs to speak to Nix.
 //!
+//! - [`cache_info`]: a cache's `nix-cache-info` (StoreDir, WantMassQuery, Priority).
 //! - [`nixbase32`]: Nix's base-32 encoding of hashes, and its XOR hash folding.
 //! - [`hash`]: parsing and printing the SHA-256 hashes found in narinfo files.
 //! - [`store_path`]: `/nix/store/<hash>-<name>` paths, parsed and validated.
@@ -10,6 +11,7 @@
 //! Everything here takes untrusted input: parsers return `thiserror` errors, never panic, and bound
 //! every length they read.
 
+pub mod cache_info;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;

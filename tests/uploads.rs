@@ -1,0 +1,590 @@
+//! Uploads through S3, as clients send them: the real `aws-sdk-s3` client (default checksums on:
+//! streaming bodies with CRC trailers) and a raw HTTP client for what an SDK will not send
+//! (wrong checksums, bodies that stop short, a client that leaves), against a gateway over a
+//! real Garage. NARs and narinfos go in by PutObject in either order, are checked against each
+//! other, and read back as Nix wrote them; deletes remove exactly what they name.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use base64::Engine;
+use common::gateway::{TestGateway, fixture_nars, fixtures, start_with, test_options};
+use nargate::backend::{self, DynBackend};
+use nargate::cache::{Pending, md5_hex};
+use nargate::nix::narinfo::NarInfo;
+use nargate::nix::signing::{PublicKey, verify_narinfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The (status, S3 error code) of a failed SDK call.
+fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> (u16, String) {
+    let err = result.expect_err("the call should fail");
+    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
+    (status, code)
+}
+
+async fn gateway() -> TestGateway {
+    let backend = common::garage_backend().await;
+    let options =
+        nargate::gateway::GatewayOptions { body_idle_timeout: Duration::from_secs(1), ..test_options() };
+    start_with(backend, options).await
+}
+
+async fn put(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> Result<String, (u16, String)> {
+    let result = client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send().await;
+    match result {
+        Ok(out) => Ok(out.e_tag().unwrap_or_default().trim_matches('"').to_owned()),
+        Err(e) => Err(failure::<(), _>(Err(e))),
+    }
+}
+
+async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, (u16, String)> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Ok(out.body.collect().await.unwrap().into_bytes().to_vec()),
+        Err(e) => Err(failure::<(), _>(Err(e))),
+    }
+}
+
+/// Every key the bucket lists.
+async fn listed(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let mut keys = vec![];
+    let mut pages = client.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        keys.extend(page.unwrap().contents().iter().map(|o| o.key().unwrap().to_owned()));
+    }
+    keys
+}
+
+/// The narinfos of a fixture cache: (file name, text, parsed), and the bytes of the NAR each names.
+fn fixture_cache(name: &str) -> Vec<(String, String, NarInfo, Vec<u8>)> {
+    let dir = fixtures().join(name);
+    let mut out = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "narinfo") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let info = NarInfo::parse(&text).unwrap();
+            let nar = std::fs::read(dir.join(&info.url)).unwrap();
+            out.push((path.file_name().unwrap().to_string_lossy().into_owned(), text, info, nar));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn public_key() -> PublicKey {
+    PublicKey::parse(std::fs::read_to_string(fixtures().join("public.key")).unwrap().trim()).unwrap()
+}
+
+/// The fixture NAR of a store path, uncompressed.
+fn nar_of(store_path: &str) -> Vec<u8> {
+    fixture_nars().into_iter().find(|(p, _, _)| p == store_path).unwrap().2
+}
+
+/// Backend keys under `prefix`.
+async fn backend_keys(backend: &DynBackend, prefix: &str) -> Vec<String> {
+    backend::list_all(backend.as_ref(), prefix).await.unwrap().into_iter().map(|o| o.key).collect()
+}
+
+/// Every fixture cache, uploaded object by object as `aws s3 cp` would — narinfos first for
+/// one cache, NARs first for the others — reads back as Nix wrote it; then the bucket is emptied
+/// key by key, and DeleteBucket leaves no record of it in the backend.
+#[tokio::test]
+async fn fixture_caches_uploaded_object_by_object_read_back_and_delete_cleanly() {
+    let gw = gateway().await;
+    let client = gw.client();
+    for (bucket, cache, narinfo_first) in
+        [("up-none", "cache-none", false), ("up-xz", "cache-xz", true), ("up-zstd", "cache-zstd", false)]
+    {
+        client.create_bucket().bucket(bucket).send().await.unwrap();
+        let paths = fixture_cache(cache);
+        put(
+            &client,
+            bucket,
+            "nix-cache-info",
+            std::fs::read(fixtures().join(cache).join("nix-cache-info")).unwrap(),
+        )
+        .await
+        .unwrap();
+        let upload_nars = async || {
+            for (_, _, info, nar) in &paths {
+                let etag = put(&client, bucket, &info.url, nar.clone()).await.unwrap();
+                assert_eq!(etag, md5_hex(nar), "the ETag of a NAR upload is the MD5 of what was sent");
+            }
+        };
+        let upload_narinfos = async |visible: bool| {
+            for (name, text, _, _) in &paths {
+                put(&client, bucket, name, text.clone().into_bytes()).await.unwrap();
+                let got = get(&client, bucket, name).await;
+                assert_eq!(got.is_ok(), visible, "{name} visible at once only when its NAR is there");
+            }
+        };
+        if narinfo_first {
+            upload_narinfos(false).await;
+            upload_nars().await;
+        } else {
+            upload_nars().await;
+            upload_narinfos(true).await;
+        }
+        for (name, _, info, _) in &paths {
+            let served =
+                NarInfo::parse(&String::from_utf8(get(&client, bucket, name).await.unwrap()).unwrap())
+                    .unwrap();
+            assert_eq!(served.store_path, info.store_path);
+            assert_eq!(served.nar_hash, info.nar_hash);
+            assert_eq!(served.references, info.references);
+            assert!(verify_narinfo(&served, &[public_key()]), "{name}: the uploaded signature verifies");
+            let nar = get(&client, bucket, &served.url).await.unwrap();
+            assert!(
+                nar == nar_of(&info.store_path.to_string()),
+                "{name}: the NAR reads back as Nix dumped it"
+            );
+            if served.url != info.url {
+                // The upload key of a compressed NAR is not kept.
+                assert_eq!(get(&client, bucket, &info.url).await.unwrap_err(), (404, "NoSuchKey".into()));
+            }
+        }
+        // `.ls` as Nix writes it: the same as the bucket filled by `import` serves.
+        if bucket == "up-none" {
+            gw.import("imported", false, &["cache-none"]).await;
+            for (name, _, _, _) in &paths {
+                let ls = name.replace(".narinfo", ".ls");
+                assert!(
+                    get(&client, bucket, &ls).await.unwrap() == get(&client, "imported", &ls).await.unwrap()
+                );
+            }
+        }
+    }
+
+    // Emptied key by key, as `aws s3 rm --recursive` does.
+    for bucket in ["up-none", "up-xz", "up-zstd"] {
+        let keys = listed(&client, bucket).await;
+        assert!(keys.len() > 4 * 4, "{bucket} lists narinfo, .ls, nar/ and store/ of each path: {keys:?}");
+        for key in &keys {
+            client.delete_object().bucket(bucket).key(key).send().await.unwrap();
+        }
+        assert_eq!(listed(&client, bucket).await, vec!["nix-cache-info".to_string()]);
+        client.delete_bucket().bucket(bucket).send().await.unwrap();
+        assert_eq!(backend_keys(&gw.backend, &format!("caches/{bucket}/")).await, Vec::<String>::new());
+    }
+}
+
+/// Every row of the upload table that is not a whole cache: wrong NarHash at a NAR key, upload
+/// keys not kept, compressions refused, malformed narinfos, another StorePath, `.ls` dropped,
+/// `nix-cache-info` settings, `store/` read-only, signatures merged, paths replaced.
+#[tokio::test]
+async fn every_key_kind_accepts_and_refuses_what_it_should() {
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("rows").send().await.unwrap();
+    let paths = fixture_cache("cache-none");
+    let (name, text, info, nar) = &paths[0];
+    let store_hash = name.trim_end_matches(".narinfo");
+
+    // A NAR whose NarHash is not its key's: BadDigest, nothing visible.
+    let other_key = &paths[1].2.url;
+    assert_eq!(put(&client, "rows", other_key, nar.clone()).await.unwrap_err(), (400, "BadDigest".into()));
+    assert_eq!(get(&client, "rows", other_key).await.unwrap_err().0, 404);
+    assert!(listed(&client, "rows").await == vec!["nix-cache-info".to_string()]);
+
+    // Not a NAR in any compression; lzip: 400 with a message, nothing visible.
+    assert_eq!(put(&client, "rows", "nar/x.nar.xz", b"hello, world".to_vec()).await.unwrap_err().0, 400);
+    let lzip = client
+        .put_object()
+        .bucket("rows")
+        .key("nar/x.nar.lz")
+        .body(ByteStream::from_static(b"LZIP\x01rest"))
+        .send()
+        .await;
+    let err = lzip.unwrap_err();
+    assert!(err.as_service_error().and_then(|e| e.message()).unwrap_or_default().contains("lzip"), "{err:?}");
+
+    // Malformed narinfos and one whose StorePath is not its key's: 400, nothing written.
+    assert_eq!(
+        put(&client, "rows", name, b"StorePath: nonsense\n".to_vec()).await.unwrap_err(),
+        (400, "InvalidRequest".into())
+    );
+    let foreign = &paths[1].0;
+    assert_eq!(
+        put(&client, "rows", foreign, text.clone().into_bytes()).await.unwrap_err(),
+        (400, "InvalidRequest".into())
+    );
+    assert_eq!(backend_keys(&gw.backend, "caches/rows/pending/").await, Vec::<String>::new());
+
+    // A narinfo whose NarSize or NarHash contradicts the NAR uploaded at its URL: 400, not committed.
+    put(&client, "rows", &info.url, nar.clone()).await.unwrap();
+    let wrong_size =
+        text.replace(&format!("NarSize: {}", info.nar_size), &format!("NarSize: {}", info.nar_size + 8));
+    assert_eq!(
+        put(&client, "rows", name, wrong_size.into_bytes()).await.unwrap_err(),
+        (400, "BadDigest".into())
+    );
+    let wrong_hash = text.replace(&info.nar_hash, &paths[1].2.nar_hash);
+    assert_eq!(
+        put(&client, "rows", name, wrong_hash.into_bytes()).await.unwrap_err(),
+        (400, "BadDigest".into())
+    );
+    assert_eq!(get(&client, "rows", name).await.unwrap_err().0, 404);
+
+    // The right one commits; `.ls` uploads are accepted and dropped (the served one is rendered).
+    put(&client, "rows", name, text.clone().into_bytes()).await.unwrap();
+    let rendered = get(&client, "rows", &format!("{store_hash}.ls")).await.unwrap();
+    put(&client, "rows", &format!("{store_hash}.ls"), b"{\"not\": \"this\"}".to_vec()).await.unwrap();
+    assert!(get(&client, "rows", &format!("{store_hash}.ls")).await.unwrap() == rendered);
+
+    // The same path again with another signature: signatures merged, listed once.
+    let extra = "other-key:AAAA";
+    let resigned = text.replace("Sig: ", &format!("Sig: {extra}\nSig: "));
+    put(&client, "rows", name, resigned.into_bytes()).await.unwrap();
+    let served = String::from_utf8(get(&client, "rows", name).await.unwrap()).unwrap();
+    let sigs: Vec<&str> = served.lines().filter(|l| l.starts_with("Sig: ")).collect();
+    assert_eq!(sigs.len(), 2, "{served}");
+    assert!(served.contains(extra));
+    let keys = listed(&client, "rows").await;
+    assert_eq!(keys.iter().filter(|k| *k == name).count(), 1, "{keys:?}");
+
+    // The same path with another NAR: replaced; the old NAR stays as an object, no longer used.
+    let (_, _, other_info, other_nar) = &paths[1];
+    put(&client, "rows", &other_info.url, other_nar.clone()).await.unwrap();
+    let replaced = text
+        .replace(&info.nar_hash, &other_info.nar_hash)
+        .replace(&format!("NarSize: {}", info.nar_size), &format!("NarSize: {}", other_info.nar_size))
+        .replace(&info.url, &other_info.url)
+        .lines()
+        .filter(|l| !l.starts_with("Sig: ") && !l.starts_with("FileHash") && !l.starts_with("FileSize"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    put(&client, "rows", name, replaced.into_bytes()).await.unwrap();
+    let served =
+        NarInfo::parse(&String::from_utf8(get(&client, "rows", name).await.unwrap()).unwrap()).unwrap();
+    assert_eq!(served.nar_hash, other_info.nar_hash);
+    let alias = format!("store/{}.nar", info.store_path.base_name());
+    assert!(get(&client, "rows", &alias).await.unwrap() == *other_nar);
+    let keys = listed(&client, "rows").await;
+    assert_eq!(keys.iter().filter(|k| *k == name).count(), 1, "one entry for the replaced narinfo: {keys:?}");
+    let old_users = backend_keys(
+        &gw.backend,
+        &format!("caches/rows/nars/{}/", info.nar_hash.trim_start_matches("sha256:")),
+    )
+    .await;
+    assert_eq!(old_users, Vec::<String>::new(), "the old NAR's user marker is gone");
+
+    // nix-cache-info: its settings are kept; another StoreDir is refused; DELETE resets.
+    put(
+        &client,
+        "rows",
+        "nix-cache-info",
+        b"StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 10\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    let info_text = String::from_utf8(get(&client, "rows", "nix-cache-info").await.unwrap()).unwrap();
+    assert_eq!(info_text, "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 10\n");
+    assert_eq!(
+        put(&client, "rows", "nix-cache-info", b"StoreDir: /gnu/store\n".to_vec()).await.unwrap_err(),
+        (400, "InvalidRequest".into())
+    );
+    client.delete_object().bucket("rows").key("nix-cache-info").send().await.unwrap();
+    let info_text = String::from_utf8(get(&client, "rows", "nix-cache-info").await.unwrap()).unwrap();
+    assert_eq!(info_text, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
+
+    // store/ is read-only; its DELETE removes the store path, not the NAR.
+    assert_eq!(
+        put(&client, "rows", &alias, other_nar.clone()).await.unwrap_err(),
+        (400, "InvalidRequest".into())
+    );
+    client.delete_object().bucket("rows").key(&alias).send().await.unwrap();
+    assert_eq!(get(&client, "rows", name).await.unwrap_err().0, 404);
+    assert!(get(&client, "rows", &other_info.url).await.is_ok());
+    // DELETE of a NAR removes the store paths that use it; a missing key is 204 too.
+    put(&client, "rows", &paths[1].0, paths[1].1.clone().into_bytes()).await.unwrap();
+    assert!(get(&client, "rows", &paths[1].0).await.is_ok());
+    client.delete_object().bucket("rows").key(&other_info.url).send().await.unwrap();
+    assert_eq!(get(&client, "rows", &paths[1].0).await.unwrap_err().0, 404);
+    assert_eq!(get(&client, "rows", &other_info.url).await.unwrap_err().0, 404);
+    for key in ["nar/none.nar.xz", &paths[2].0, "store/x", "log/none"] {
+        client.delete_object().bucket("rows").key(key).send().await.unwrap();
+    }
+}
+
+/// Sends a PUT with `Authorization: Basic` (as Nix's netrc does), `headers` and `body`; if
+/// `then_close`, closes the connection right after the body, without reading the answer.
+async fn raw_put(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    length: usize,
+    then_close: bool,
+) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", gw.keys.access_key_id, gw.keys.secret_access_key));
+    let mut request = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Basic {basic}\r\nContent-Length: {length}\r\nConnection: close\r\n",
+        gw.port
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    if then_close {
+        drop(stream);
+        return None;
+    }
+    let mut raw = vec![];
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Some((status, text))
+}
+
+/// A NAR and its narinfo meet whatever happens to the client: one that leaves right after its
+/// last byte still commits, one that stops short gets 400 within the idle timeout, and a pending
+/// narinfo left by a gateway that died is committed by the repair pass. Checksums are checked.
+#[tokio::test]
+async fn commits_survive_clients_and_crashes_and_checksums_are_checked() {
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("robust").send().await.unwrap();
+    let paths = fixture_cache("cache-none");
+
+    // The narinfo first; then a client sends the NAR and leaves without waiting for the answer.
+    let (name, text, info, nar) = &paths[0];
+    put(&client, "robust", name, text.clone().into_bytes()).await.unwrap();
+    let path = format!("/robust/{}", info.url);
+    raw_put(&gw, &path, &[], nar, nar.len(), true).await;
+    let mut visible = false;
+    for _ in 0..100 {
+        if get(&client, "robust", name).await.is_ok() {
+            visible = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(visible, "the store path commits though its client left");
+
+    // A body that stops short of its Content-Length: 400 IncompleteBody, not a hang.
+    let (_, _, info1, nar1) = &paths[1];
+    let started = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", gw.keys.access_key_id, gw.keys.secret_access_key));
+    let head = format!(
+        "PUT /robust/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\nContent-Length: {}\r\n\r\n",
+        info1.url,
+        nar1.len()
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    write.write_all(&nar1[..nar1.len() / 2]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), read.read(&mut answer))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("IncompleteBody"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(write);
+    assert_eq!(get(&client, "robust", &info1.url).await.unwrap_err().0, 404, "nothing of it visible");
+
+    // Content-MD5 and x-amz-checksum-crc64nvme that do not match: BadDigest, nothing visible.
+    let wrong_md5 = base64::engine::general_purpose::STANDARD.encode([0u8; 16]);
+    let (status, text_md5) = raw_put(
+        &gw,
+        &format!("/robust/{}", info1.url),
+        &[("Content-MD5", wrong_md5)],
+        nar1,
+        nar1.len(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{text_md5}");
+    assert!(text_md5.contains("BadDigest"), "{text_md5}");
+    let wrong_crc = base64::engine::general_purpose::STANDARD.encode([0u8; 8]);
+    let (status, text_crc) = raw_put(
+        &gw,
+        &format!("/robust/{}", info1.url),
+        &[("x-amz-checksum-crc64nvme", wrong_crc)],
+        nar1,
+        nar1.len(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{text_crc}");
+    assert!(text_crc.contains("BadDigest"), "{text_crc}");
+    let (status, text_plain) = raw_put(
+        &gw,
+        "/robust/log/x",
+        &[("x-amz-checksum-crc64nvme", base64::engine::general_purpose::STANDARD.encode([1u8; 8]))],
+        b"plain",
+        5,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{text_plain}");
+    assert_eq!(get(&client, "robust", &info1.url).await.unwrap_err().0, 404);
+    assert_eq!(get(&client, "robust", "log/x").await.unwrap_err().0, 404);
+    // The SDK's own CRC trailers pass, and the checksum comes back.
+    let out = client
+        .put_object()
+        .bucket("robust")
+        .key("log/y")
+        .body(ByteStream::from_static(b"checked"))
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc64Nvme)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.checksum_crc64_nvme().is_some(), "{out:?}");
+
+    // A gateway that died between the halves: the NAR landed, the narinfo's pending record was
+    // written, nobody looked for the other. The repair pass commits it.
+    put(&client, "robust", &info1.url, nar1.clone()).await.unwrap();
+    let store_hash = paths[1].0.trim_end_matches(".narinfo");
+    let nar_hash = info1.nar_hash.trim_start_matches("sha256:");
+    let pending = Pending { narinfo: paths[1].1.clone() };
+    gw.backend
+        .put(&format!("caches/robust/pending/{nar_hash}/{store_hash}"), bytes::Bytes::from(pending.encode()))
+        .await
+        .unwrap();
+    assert_eq!(get(&client, "robust", &paths[1].0).await.unwrap_err().0, 404);
+    let report = nargate::cache::repair_all(&gw.backend).await.unwrap();
+    assert_eq!((report.pending, report.committed), (1, 1), "{report:?}");
+    assert!(get(&client, "robust", &paths[1].0).await.is_ok());
+    assert_eq!(backend_keys(&gw.backend, "caches/robust/pending/").await, Vec::<String>::new());
+}
+
+/// Every malformed-NAR rule of the core, broken once through PutObject: 400, nothing visible.
+#[tokio::test]
+async fn malformed_nars_are_refused_through_put_object() {
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("bad").send().await.unwrap();
+    let (_, _, good) = fixture_nars().into_iter().find(|(p, _, _)| p.ends_with("-hello")).unwrap();
+    let s = |t: &str| {
+        let mut out = (t.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(t.as_bytes());
+        out.resize(8 + t.len().div_ceil(8) * 8, 0);
+        out
+    };
+    let nar = |tokens: &[&str]| tokens.iter().flat_map(|t| s(t)).collect::<Vec<u8>>();
+    let mut bad_padding = nar(&["nix-archive-1", "(", "type", "regular", "contents"]);
+    bad_padding.extend_from_slice(&1u64.to_le_bytes());
+    bad_padding.extend_from_slice(&[b'x', 1, 0, 0, 0, 0, 0, 0]);
+    bad_padding.extend(s(")"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("trailing data", [good.clone(), vec![0; 8]].concat()),
+        ("wrong magic", nar(&["nix-archive-2", "(", "type", "regular", "contents", "", ")"])),
+        ("unknown node type", nar(&["nix-archive-1", "(", "type", "fifo", ")"])),
+        ("non-zero padding", bad_padding),
+        (
+            "unsorted entries",
+            nar(&[
+                "nix-archive-1",
+                "(",
+                "type",
+                "directory",
+                "entry",
+                "(",
+                "name",
+                "b",
+                "node",
+                "(",
+                "type",
+                "regular",
+                "contents",
+                "",
+                ")",
+                ")",
+                "entry",
+                "(",
+                "name",
+                "a",
+                "node",
+                "(",
+                "type",
+                "regular",
+                "contents",
+                "",
+                ")",
+                ")",
+                ")",
+            ]),
+        ),
+        (
+            "name ..",
+            nar(&[
+                "nix-archive-1",
+                "(",
+                "type",
+                "directory",
+                "entry",
+                "(",
+                "name",
+                "..",
+                "node",
+                "(",
+                "type",
+                "regular",
+                "contents",
+                "",
+                ")",
+                ")",
+                ")",
+            ]),
+        ),
+        (
+            "name with /",
+            nar(&[
+                "nix-archive-1",
+                "(",
+                "type",
+                "directory",
+                "entry",
+                "(",
+                "name",
+                "a/b",
+                "node",
+                "(",
+                "type",
+                "regular",
+                "contents",
+                "",
+                ")",
+                ")",
+                ")",
+            ]),
+        ),
+        ("empty", vec![]),
+    ];
+    for (what, bytes) in cases {
+        let key = format!("nar/{}.nar", "1".repeat(52));
+        let result = put(&client, "bad", &key, bytes).await;
+        assert_eq!(result.as_ref().map_err(|e| e.0), Err(400), "{what}: {result:?}");
+        assert_eq!(
+            listed(&client, "bad").await,
+            vec!["nix-cache-info".to_string()],
+            "{what}: nothing visible"
+        );
+        let xz = put(&client, "bad", "nar/x.nar.xz", vec![0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2]).await;
+        assert_eq!(xz.map_err(|e| e.0), Err(400), "a broken xz stream");
+    }
+}
