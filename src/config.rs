@@ -846,6 +846,8 @@ mod tests {
                 ),
                 ("private".into(), BucketSettings::default()),
             ]),
+            body_idle_timeout: Duration::from_secs(5),
+            repair_interval: Duration::from_secs(60),
         };
         assert_eq!(config, expected);
         assert_eq!(

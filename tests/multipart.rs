@@ -134,8 +134,14 @@ async fn complete(
     parts: &[CompletedPart],
 ) -> Result<String, (u16, String)> {
     let list = CompletedMultipartUpload::builder().set_parts(Some(parts.to_vec())).build();
-    let result =
-        client.complete_multipart_upload().bucket(bucket).key(key).upload_id(id).multipart_upload(list).send().await;
+    let result = client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(list)
+        .send()
+        .await;
     match result {
         Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
         Err(e) => Err(failure::<(), _>(Err(e))),
@@ -143,7 +149,13 @@ async fn complete(
 }
 
 async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> (Vec<u8>, String) {
-    let out = client.get_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
     let etag = out.e_tag().unwrap_or_default().to_owned();
     (out.body.collect().await.unwrap().into_bytes().to_vec(), etag)
 }
@@ -263,10 +275,19 @@ async fn lists_abort_and_errors(backend: DynBackend) {
     let one = upload_part(&client, "mpu", "a/one", &a, 1, b"part one".to_vec()).await;
     let two = upload_part(&client, "mpu", "a/one", &a, 2, b"part two".to_vec()).await;
     let part = |n: i32, etag: &str| CompletedPart::builder().part_number(n).e_tag(etag).build();
-    assert_eq!(complete(&client, "mpu", "a/one", &a, &[part(1, &one), part(2, &two)]).await, Err((400, "EntityTooSmall".into())));
+    assert_eq!(
+        complete(&client, "mpu", "a/one", &a, &[part(1, &one), part(2, &two)]).await,
+        Err((400, "EntityTooSmall".into()))
+    );
     // A part not uploaded, or not with that ETag: InvalidPart; out of order: InvalidPartOrder.
-    assert_eq!(complete(&client, "mpu", "a/one", &a, &[part(1, &two)]).await, Err((400, "InvalidPart".into())));
-    assert_eq!(complete(&client, "mpu", "a/one", &a, &[part(3, &one)]).await, Err((400, "InvalidPart".into())));
+    assert_eq!(
+        complete(&client, "mpu", "a/one", &a, &[part(1, &two)]).await,
+        Err((400, "InvalidPart".into()))
+    );
+    assert_eq!(
+        complete(&client, "mpu", "a/one", &a, &[part(3, &one)]).await,
+        Err((400, "InvalidPart".into()))
+    );
     assert_eq!(
         complete(&client, "mpu", "a/one", &a, &[part(2, &two), part(1, &one)]).await,
         Err((400, "InvalidPartOrder".into()))
@@ -363,8 +384,12 @@ async fn nar_by_multipart_is_ingested(backend: DynBackend) {
     let nar_hash = nargate::nix::nixbase32::encode(&sha256(&nar));
     let key = format!("nar/{nar_hash}.nar");
     let id = create(&client, "nix", &key).await;
-    let parts: Vec<(i32, Vec<u8>)> =
-        nar.chunks(MIN_PART_SIZE as usize).enumerate().map(|(i, c)| (i as i32 + 1, c.to_vec())).rev().collect();
+    let parts: Vec<(i32, Vec<u8>)> = nar
+        .chunks(MIN_PART_SIZE as usize)
+        .enumerate()
+        .map(|(i, c)| (i as i32 + 1, c.to_vec()))
+        .rev()
+        .collect();
     let count = parts.len();
     let completed = upload_parts(&client, "nix", &key, &id, parts, 3).await;
     assert_eq!(completed.len(), count);
@@ -379,7 +404,8 @@ async fn nar_by_multipart_is_ingested(backend: DynBackend) {
     other[0] ^= 1;
     let wrong_key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&other));
     let id = create(&client, "nix", &wrong_key).await;
-    let parts = nar.chunks(MIN_PART_SIZE as usize).enumerate().map(|(i, c)| (i as i32 + 1, c.to_vec())).collect();
+    let parts =
+        nar.chunks(MIN_PART_SIZE as usize).enumerate().map(|(i, c)| (i as i32 + 1, c.to_vec())).collect();
     let completed = upload_parts(&client, "nix", &wrong_key, &id, parts, 3).await;
     assert_eq!(complete(&client, "nix", &wrong_key, &id, &completed).await.unwrap_err().1, "BadDigest");
     let result = client.head_object().bucket("nix").key(&wrong_key).send().await;

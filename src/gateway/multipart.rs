@@ -70,14 +70,15 @@ impl From<Failure> for S3Error {
     }
 }
 
+/// A running Complete, which any number of requests may await.
+type Joinable = Shared<BoxFuture<'static, Outcome>>;
+
 /// The Completes running in this gateway, by bucket and upload id.
 #[derive(Default)]
-pub struct Running(Mutex<HashMap<(String, String), Shared<BoxFuture<'static, Outcome>>>>);
+pub struct Running(Mutex<HashMap<(String, String), Joinable>>);
 
 impl Running {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), Shared<BoxFuture<'static, Outcome>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Joinable>> {
         // A panic while the map was held leaves it consistent (inserts and removes are single
         // calls): go on with it.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -269,7 +270,7 @@ impl Gateway {
         key: &str,
         id: &str,
         list: Option<CompletedMultipartUpload>,
-    ) -> S3Result<Option<Shared<BoxFuture<'static, Outcome>>>> {
+    ) -> S3Result<Option<Joinable>> {
         let staging = self.uploads(bucket);
         let record = match staging.record(id).await {
             Ok(record) if record.key == key => record,
