@@ -14,12 +14,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use base64::Engine;
 use common::gateway::{TestGateway, start_with, test_options};
-use common::pseudo_random;
+use common::{failure, pseudo_random};
 use futures::StreamExt;
 use nargate::backend::{self, DynBackend};
 use nargate::cache::md5;
@@ -56,16 +55,6 @@ suite!(
     nar_by_multipart_is_ingested,
     top_part_numbers,
 );
-
-/// The (status, S3 error code) of a failed SDK call.
-fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
-) -> (u16, String) {
-    let err = result.expect_err("the call should fail");
-    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
-    (status, code)
-}
 
 /// A gateway over `backend` whose uploads need parts of at least `min_part_size` (but the last).
 async fn gateway(backend: DynBackend, min_part_size: u64) -> TestGateway {
@@ -144,7 +133,10 @@ async fn complete(
         .await;
     match result {
         Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
-        Err(e) => Err(failure::<(), _>(Err(e))),
+        Err(e) => {
+            eprintln!("Complete failed: {e:?}");
+            Err(failure::<(), _>(Err(e)))
+        }
     }
 }
 
@@ -218,7 +210,22 @@ async fn lists_abort_and_errors(backend: DynBackend) {
     let gw = gateway(backend.clone(), MIN_PART_SIZE).await;
     bucket(&gw, "mpu").await;
     let client = gw.client();
-    let a = create(&client, "mpu", "a/one").await;
+    // Nix >= 2.33 sends the whole object's Content-MD5 with CreateMultipartUpload: ignored.
+    let whole_md5 = base64::engine::general_purpose::STANDARD.encode(md5(b"the whole object"));
+    let a = client
+        .create_multipart_upload()
+        .bucket("mpu")
+        .key("a/one")
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("content-md5", whole_md5.clone());
+        })
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
     let b = create(&client, "mpu", "b/two").await;
     let listed = client.list_multipart_uploads().bucket("mpu").send().await.unwrap();
     let uploads: Vec<(&str, &str)> =
@@ -473,6 +480,18 @@ async fn slow_completes_keep_alive_and_join() {
     assert_eq!(second.unwrap(), expected_etag(&slices));
     faulty.clear();
     assert_eq!(get(&client, "mpu", "slow").await.0, data.concat());
+
+    // A slow Complete that fails says why in its kept-alive body, as S3 does (a `200` whose body
+    // is an error), and the upload stays open.
+    let id = create(&client, "mpu", "fails").await;
+    let completed = upload_parts(&client, "mpu", "fails", &id, vec![(1, b"doomed".to_vec())], 1).await;
+    // Each request 1 s: the failure comes after the quick window.
+    faulty.set_latency(Duration::from_secs(1));
+    faulty.fail_op_prefix(nargate::backend::Op::Put, "caches/mpu/raw/fails");
+    let (status, code) = complete(&client, "mpu", "fails", &id, &completed).await.unwrap_err();
+    assert_eq!((status, code.as_str()), (200, "ServiceUnavailable"));
+    faulty.clear();
+    client.list_parts().bucket("mpu").key("fails").upload_id(&id).send().await.unwrap();
 }
 
 /// Uploads nothing was written to for the grace period are removed by the sweep the repair pass

@@ -8,6 +8,30 @@
 //! and preconditions, [`error`] maps the core's errors. The gateway calls the cache, the renderer
 //! and the ingest ([`write`] for PUT and DELETE, [`body`] for reading request bodies); it never reaches into the backend's keys.
 
+/// The [`Attributes`](crate::backend::Attributes) a PutObject or CreateMultipartUpload input
+/// sets (their fields share names, not a trait): `aws-chunked` is framing, never kept as a
+/// Content-Encoding; user-metadata names are lowercased, and the gateway's own refused.
+macro_rules! client_attributes {
+    ($input:expr) => {{
+        let input = $input;
+        crate::backend::Attributes {
+            content_type: input.content_type.clone(),
+            content_encoding: input.content_encoding.clone().filter(|e| e != "aws-chunked"),
+            cache_control: input.cache_control.clone(),
+            content_disposition: input.content_disposition.clone(),
+            content_language: input.content_language.clone(),
+            metadata: input
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| crate::cache::uploads::client_metadata_allowed(k))
+                .collect(),
+        }
+    }};
+}
+
 pub mod auth;
 pub mod body;
 pub mod conditional;

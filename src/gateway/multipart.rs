@@ -33,7 +33,7 @@ use super::body::{Expected, receive};
 use super::error::{backend_error, internal};
 use super::target::Target;
 use super::write::Upload;
-use crate::backend::{self, Attributes};
+use crate::backend;
 use crate::cache::uploads::{self, UploadError, Uploads};
 
 /// How long a Complete may run before its answer switches to a kept-alive `200` whose body
@@ -160,20 +160,7 @@ impl Gateway {
         }
         let cache = self.cache(&input.bucket);
         backend::validate_key(&cache.keys().raw(&input.key)).map_err(|e| backend_error(&input.key, e))?;
-        let attributes = Attributes {
-            content_type: input.content_type,
-            content_encoding: input.content_encoding.filter(|e| e != "aws-chunked"),
-            cache_control: input.cache_control,
-            content_disposition: input.content_disposition,
-            content_language: input.content_language,
-            metadata: input
-                .metadata
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .filter(|(k, _)| uploads::client_metadata_allowed(k))
-                .collect(),
-        };
+        let attributes = client_attributes!(&input);
         let id = self
             .uploads(&input.bucket)
             .create(&input.key, attributes)
@@ -299,13 +286,21 @@ impl Gateway {
             let body = staging.body(&id, &parts);
             let attributes = uploads::with_etag(record.attributes.clone(), &etag);
             let upload = Upload { attributes, ..Default::default() };
-            let outcome = async {
+            let written = async {
                 gateway.write_object(&bucket, &key, body, upload).await?;
                 staging.finish(&id, &record, &etag).await.map_err(|e| upload_error(&key, e))?;
-                Ok::<_, S3Error>(etag)
+                Ok::<_, S3Error>(etag.clone())
             }
-            .await
-            .map_err(Failure::from);
+            .await;
+            let outcome = match written {
+                Ok(etag) => Ok(etag),
+                // A Complete of the same upload through another gateway may have finished first
+                // and removed the parts this one was reading: then the upload succeeded.
+                Err(e) => match staging.completed(&id).await {
+                    Ok(Some(done)) if done.key == key && done.etag == etag => Ok(etag),
+                    _ => Err(Failure::from(e)),
+                },
+            };
             gateway.inner.completes.lock().remove(&(bucket, id));
             outcome
         });
@@ -480,6 +475,56 @@ impl Gateway {
             encoding_type: input.encoding_type,
             ..Default::default()
         }))
+    }
+}
+
+/// Works around s3s 0.14.1, whose kept-alive Complete writes an error with a second XML
+/// declaration after the first (`serialize_error(err, false)` in its `ops/multipart.rs`), which
+/// no XML parser accepts: in a kept-alive body (a chunked XML `200`), a declaration at the start
+/// of any frame but the first is dropped. Other responses pass unchanged.
+pub(super) fn one_xml_declaration(response: http::Response<s3s::Body>) -> http::Response<s3s::Body> {
+    let kept_alive = response.status() == StatusCode::OK
+        && response.headers().get(http::header::TRANSFER_ENCODING).is_some_and(|v| v == "chunked")
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/xml"));
+    if !kept_alive {
+        return response;
+    }
+    response.map(|inner| s3s::Body::http_body_unsync(OneDeclaration { inner, first: true }))
+}
+
+/// See [`one_xml_declaration`].
+struct OneDeclaration {
+    inner: s3s::Body,
+    first: bool,
+}
+
+impl http_body::Body for OneDeclaration {
+    type Data = bytes::Bytes;
+    type Error = s3s::StdError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let std::task::Poll::Ready(Some(Ok(frame))) = polled else { return polled };
+        let first = std::mem::replace(&mut self.first, false);
+        let frame = match frame.into_data() {
+            Ok(data) if !first && data.starts_with(b"<?xml") => {
+                let end = data.windows(2).position(|w| w == b"?>").map_or(0, |at| at + 2);
+                http_body::Frame::data(data.slice(end..))
+            }
+            Ok(data) => http_body::Frame::data(data),
+            Err(frame) => frame,
+        };
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 }
 

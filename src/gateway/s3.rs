@@ -19,7 +19,6 @@ use super::body::{Expected, receive};
 use super::conditional::whole_seconds;
 use super::error::commit_error;
 use super::write::Upload;
-use crate::backend::Attributes;
 use crate::cache::{After, BucketRecord, ListQuery, Listing};
 
 /// The owner every bucket and object shows (the gateway has one tenant).
@@ -307,21 +306,7 @@ impl S3 for Gateway {
         let input = req.input;
         self.existing(&input.bucket).await?;
         let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
-        let attributes = Attributes {
-            content_type: input.content_type.clone(),
-            content_encoding: input.content_encoding.clone().filter(|e| e != "aws-chunked"),
-            cache_control: input.cache_control.clone(),
-            content_disposition: input.content_disposition.clone(),
-            content_language: input.content_language.clone(),
-            metadata: input
-                .metadata
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .filter(|(k, _)| crate::cache::uploads::client_metadata_allowed(k))
-                .collect(),
-        };
+        let attributes = client_attributes!(&input);
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
         let upload = Upload { attributes, content_md5: None, receipt: Some(receipt) };
         let written = self.write_object(&input.bucket, &input.key, body, upload).await?;
