@@ -16,11 +16,12 @@
 
 mod common;
 use common::content;
+use common::gateway::{
+    GatewayProcess, client, cpu_of, garage_pid, gateway_toml, loadavg, median, mib_per_s, ms,
+};
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,6 @@ use std::time::{Duration, Instant};
 mod garage;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
 use nargate::backend::s3::S3Backend;
 use nargate::backend::{Backend, DynBackend};
@@ -145,22 +145,6 @@ struct Side {
     bucket: String,
 }
 
-/// An aws-sdk-s3 client, path-style; `quickack`: over nargate's quick-ack pool (else the SDK's
-/// own client). Each call makes a client with a pool of its own.
-fn client(endpoint: &str, region: &str, id: &str, secret: &str, quickack: bool) -> Client {
-    let mut config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region.to_owned()))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(id, secret, None, None, "bench"))
-        .force_path_style(true)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-    if quickack {
-        config = config.http_client(nargate::backend::quickack::http_client());
-    }
-    Client::from_conf(config.build())
-}
-
 impl Side {
     /// GETs `key` (or a range of it) and drains the body; returns its length.
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> u64 {
@@ -189,106 +173,6 @@ impl Side {
         self.get(key, range).await;
         start.elapsed()
     }
-}
-
-/// `nargate serve` as a child process; killed when dropped (a panic included).
-struct GatewayProcess {
-    child: Child,
-    endpoint: String,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl GatewayProcess {
-    /// Starts `nargate serve --config <toml> --listen 127.0.0.1:0` and reads its endpoint.
-    fn start(toml: &str) -> GatewayProcess {
-        let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::io::Write::write_all(&mut config, toml.as_bytes()).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nargate"));
-        command
-            .args(["serve", "--config", config.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .env("NARGATE_LOG", "warn");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("NARGATE_") {
-                command.env_remove(name);
-            }
-        }
-        command.env("NARGATE_LOG", "warn");
-        let mut child = command.spawn().expect("start nargate serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut process = GatewayProcess { child, endpoint: String::new(), _config: config };
-        for line in lines.by_ref() {
-            let line = line.expect("nargate serve's output");
-            if let Some(rest) = line.strip_prefix("nargate serving at ") {
-                process.endpoint = rest.split(' ').next().unwrap().to_owned();
-                break;
-            }
-        }
-        assert!(!process.endpoint.is_empty(), "nargate serve exited without serving");
-        std::thread::spawn(move || lines.for_each(drop));
-        process
-    }
-
-    /// `VmHWM` and `VmRSS` of the process, in MiB.
-    fn memory(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
-            line.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap() / 1024.0
-        };
-        (field("VmHWM:"), field("VmRSS:"))
-    }
-
-    /// CPU time the process has used.
-    fn cpu(&self) -> Duration {
-        cpu_of(self.child.id())
-    }
-}
-
-/// CPU time (user + system) process `pid` has used.
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else { return Duration::ZERO };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
-/// The parent of process `pid`, and its name.
-fn parent_and_name(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_owned();
-    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
-}
-
-/// The Garage server this process started (under its `sh` supervisor).
-fn garage_pid() -> u32 {
-    let me = std::process::id();
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let supervisors: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
-        .collect();
-    pids.into_iter()
-        .find(|&p| {
-            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
-        })
-        .expect("the Garage process")
 }
 
 /// CPU used by the gateway, Garage and this process (the client).
@@ -345,25 +229,6 @@ fn connections_to(port: u16) -> usize {
 
 fn port_of(endpoint: &str) -> u16 {
     endpoint.rsplit_once(':').unwrap().1.trim_end_matches('/').parse().unwrap()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    assert!(!v.is_empty());
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn mib_per_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / f64::from(1 << 20) / d.as_secs_f64()
-}
-
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// A latency line: the gateway's figure, the baseline's, the ratio and the target.
@@ -453,25 +318,7 @@ async fn main() {
     );
 
     let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
-    let toml = format!(
-        r#"
-[backend]
-type = "s3"
-endpoint = "{endpoint}"
-region = "garage"
-bucket = "{backend_bucket}"
-path_style = true
-access_key_id = "{key_id}"
-secret_access_key = "{secret_key}"
-
-[credentials]
-access_key_id = "{client_id}"
-secret_access_key = "{client_secret}"
-"#,
-        endpoint = garage.endpoint,
-        key_id = garage.key_id,
-        secret_key = garage.secret_key,
-    );
+    let toml = gateway_toml(garage, &backend_bucket, (client_id, &client_secret));
     let gateway_process = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
     let gw_endpoint = gateway_process.endpoint.clone();
     let gateway_client = |quickack| client(&gw_endpoint, "us-east-1", client_id, &client_secret, quickack);

@@ -769,6 +769,8 @@ mod tests {
             listen = "[::1]:8080"
             domains = ["s3.example.com", "cache.local"]
             read_ahead = 4
+            body_idle_timeout_secs = 5
+            repair_interval_secs = 60
 
             [backend]
             type = "s3"

@@ -114,3 +114,32 @@ fn import_refuses_a_nar_that_does_not_match_its_narinfo() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mismatch"), "{stderr}");
 }
+
+/// `nargate repair` commits a narinfo left pending by an upload cut between its halves.
+#[tokio::test]
+async fn repair_commits_what_an_interrupted_upload_left_pending() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap().to_owned();
+    let cache_dir = fixtures().join("cache-none");
+    let out = nargate(&["import", "--data", &data_arg, "--bucket", "b", cache_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // As if the narinfo's gateway died after writing its pending record: the NAR is held, the
+    // path is not visible, the narinfo waits.
+    let backend: nargate::backend::DynBackend =
+        std::sync::Arc::new(nargate::backend::fs::FsBackend::new(data.path().to_path_buf()).unwrap());
+    let cache = nargate::cache::Cache::new(backend.clone(), "b");
+    let (info, _) = nargate::ingest::import::narinfos(&cache_dir).unwrap().remove(0);
+    let store_hash = info.store_path.hash_part();
+    assert!(cache.remove_store_path(&store_hash).await.unwrap());
+    let nar_hash = nargate::nix::nixbase32::encode(&info.nar_hash_digest().unwrap());
+    let pending = nargate::cache::Pending { narinfo: info.render() };
+    backend.put(&format!("caches/b/pending/{nar_hash}/{store_hash}"), pending.encode().into()).await.unwrap();
+    let store_path = info.store_path.to_string();
+    assert!(!nargate(&["cat", "--data", &data_arg, "--bucket", "b", &store_path]).status.success());
+
+    let out = nargate(&["repair", "--data", &data_arg]);
+    assert!(out.status.success(), "repair failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 store path(s) committed"), "{out:?}");
+    assert!(nargate(&["cat", "--data", &data_arg, "--bucket", "b", &store_path]).status.success());
+}

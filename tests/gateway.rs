@@ -8,10 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketCannedAcl, Delete, ObjectIdentifier};
-use common::gateway::{fixture_nars, fixtures, start};
+use common::gateway::{failure, fixture_nars, fixtures, start};
 use nargate::backend::DynBackend;
 use nargate::cache::md5_hex;
 use nargate::gateway::GatewayOptions;
@@ -50,16 +49,6 @@ suite!(
     bucket_lifecycle,
     auth_signed_anonymous_basic_presigned,
 );
-
-/// The (status, S3 error code) of a failed SDK call.
-fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
-) -> (u16, String) {
-    let err = result.expect_err("the call should fail");
-    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
-    (status, code)
-}
 
 async fn bucket_names(client: &aws_sdk_s3::Client) -> Vec<String> {
     let out = client.list_buckets().send().await.unwrap();

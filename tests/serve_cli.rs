@@ -199,3 +199,76 @@ fn credentials_and_bucket_commands() {
         .unwrap();
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no bucket nope"));
 }
+
+/// The aws cli fills a cache as it fills any bucket — `aws s3 sync` of a `file://` cache (it
+/// sends narinfos before NARs, and several at once) — reads it back, pages through it, and
+/// empties it with `aws s3 rm --recursive` until `aws s3 rb` succeeds.
+#[test]
+fn aws_cli_syncs_a_cache_in_and_empties_it() {
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(data.path());
+    server.aws(&["s3", "mb", "s3://synced"]);
+    let cache = fixtures().join("cache-xz");
+    server.aws(&["s3", "sync", cache.to_str().unwrap(), "s3://synced"]);
+
+    let text = |out: std::process::Output| String::from_utf8(out.stdout).unwrap();
+    let listing = text(server.aws(&["s3", "ls", "--recursive", "s3://synced/"]));
+    let narinfos: Vec<&str> = listing.lines().filter(|l| l.ends_with(".narinfo")).collect();
+    assert_eq!(narinfos.len(), fixture_nars().len(), "{listing}");
+    assert!(!listing.contains(".nar.xz"), "upload keys are not kept: {listing}");
+    for (store_path, nar_hash, nar) in fixture_nars() {
+        let out = server.aws(&["s3", "cp", &format!("s3://synced/nar/{nar_hash}.nar"), "-"]);
+        assert!(out.stdout == nar, "{store_path} reads back as Nix dumped it");
+        let hash = &store_path["/nix/store/".len()..][..32];
+        let info = text(server.aws(&["s3", "cp", &format!("s3://synced/{hash}.narinfo"), "-"]));
+        assert!(info.contains(&format!("URL: nar/{nar_hash}.nar")), "{info}");
+    }
+
+    // A ranged get-object and head-object agree with the fixture.
+    let (_, nar_hash, nar) = fixture_nars().into_iter().max_by_key(|(_, _, n)| n.len()).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let out_file = scratch.path().join("range.out");
+    let key = format!("nar/{nar_hash}.nar");
+    server.aws(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "synced",
+        "--key",
+        &key,
+        "--range",
+        "bytes=1000-1999",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&out_file).unwrap() == nar[1000..2000]);
+    let head = text(server.aws(&["s3api", "head-object", "--bucket", "synced", "--key", &key]));
+    assert!(head.contains(&format!("\"ContentLength\": {}", nar.len())), "{head}");
+
+    // Paging: the cli follows continuation tokens with page size 1.
+    let paged = text(server.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "synced",
+        "--page-size",
+        "1",
+        "--max-items",
+        "3",
+        "--query",
+        "Contents[].Key",
+        "--output",
+        "text",
+    ]));
+    assert_eq!(paged.split_whitespace().filter(|k| *k != "None").count(), 3, "{paged}");
+
+    // One narinfo removed, then everything; the bucket then goes.
+    let (first, _, _) = &fixture_nars()[0];
+    let hash = &first["/nix/store/".len()..][..32];
+    server.aws(&["s3", "rm", &format!("s3://synced/{hash}.narinfo")]);
+    assert!(!text(server.aws(&["s3", "ls", "s3://synced/"])).contains(&format!("{hash}.narinfo")));
+    server.aws(&["s3", "rm", "--recursive", "s3://synced/"]);
+    let left = text(server.aws(&["s3", "ls", "--recursive", "s3://synced/"]));
+    assert_eq!(left.lines().filter(|l| !l.ends_with("nix-cache-info")).count(), 0, "{left}");
+    server.aws(&["s3", "rb", "s3://synced"]);
+    assert!(!text(server.aws(&["s3", "ls"])).contains("synced"));
+}

@@ -11,22 +11,12 @@ use std::time::Duration;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine;
-use common::gateway::{TestGateway, fixture_nars, fixtures, start_with, test_options};
+use common::gateway::{TestGateway, failure, fixture_nars, fixtures, start_with, test_options};
 use nargate::backend::{self, DynBackend};
 use nargate::cache::{Pending, md5_hex};
 use nargate::nix::narinfo::NarInfo;
 use nargate::nix::signing::{PublicKey, verify_narinfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The (status, S3 error code) of a failed SDK call.
-fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
-) -> (u16, String) {
-    let err = result.expect_err("the call should fail");
-    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
-    (status, code)
-}
 
 async fn gateway() -> TestGateway {
     let backend = common::garage_backend().await;
@@ -242,6 +232,26 @@ async fn every_key_kind_accepts_and_refuses_what_it_should() {
     put(&client, "rows", &format!("{store_hash}.ls"), b"{\"not\": \"this\"}".to_vec()).await.unwrap();
     assert!(get(&client, "rows", &format!("{store_hash}.ls")).await.unwrap() == rendered);
 
+    // A narinfo sent with Content-Encoding is decoded before it is parsed.
+    let encoded = client
+        .put_object()
+        .bucket("rows")
+        .key(name)
+        .content_encoding("zstd")
+        .body(ByteStream::from(zstd::encode_all(text.as_bytes(), 3).unwrap()))
+        .send()
+        .await;
+    assert!(encoded.is_ok(), "{encoded:?}");
+    let bad_encoding = client
+        .put_object()
+        .bucket("rows")
+        .key(name)
+        .content_encoding("zstd")
+        .body(ByteStream::from_static(b"plain"))
+        .send()
+        .await;
+    assert_eq!(failure(bad_encoding), (400, "InvalidRequest".into()));
+
     // The same path again with another signature: signatures merged, listed once.
     let extra = "other-key:AAAA";
     let resigned = text.replace("Sig: ", &format!("Sig: {extra}\nSig: "));
@@ -453,6 +463,32 @@ async fn commits_survive_clients_and_crashes_and_checksums_are_checked() {
         .await
         .unwrap();
     assert!(out.checksum_crc64_nvme().is_some(), "{out:?}");
+    // A checksum sent as a header is kept with a plain object and shown when asked for.
+    let crc = {
+        use s3s::crypto::Checksum as _;
+        base64::engine::general_purpose::STANDARD.encode(s3s::crypto::Crc32::checksum(b"kept"))
+    };
+    client
+        .put_object()
+        .bucket("robust")
+        .key("log/z")
+        .body(ByteStream::from_static(b"kept"))
+        .checksum_crc32(&crc)
+        .send()
+        .await
+        .unwrap();
+    let head = client
+        .head_object()
+        .bucket("robust")
+        .key("log/z")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_crc32(), Some(crc.as_str()));
+    let plain = client.head_object().bucket("robust").key("log/z").send().await.unwrap();
+    assert_eq!(plain.checksum_crc32(), None, "not shown unless asked for");
+    assert!(plain.metadata().is_none_or(|m| m.is_empty()), "checksums are not user metadata: {plain:?}");
 
     // A gateway that died between the halves: the NAR landed, the narinfo's pending record was
     // written, nobody looked for the other. The repair pass commits it.
@@ -587,4 +623,79 @@ async fn malformed_nars_are_refused_through_put_object() {
         let xz = put(&client, "bad", "nar/x.nar.xz", vec![0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2]).await;
         assert_eq!(xz.map_err(|e| e.0), Err(400), "a broken xz stream");
     }
+}
+
+/// What can be refused is refused before the body is read (hyper sends `100 Continue` only when
+/// the body is first polled, so Nix never sends a body that would be refused); dedup is global,
+/// visibility per bucket.
+#[tokio::test]
+async fn refusals_come_before_the_body_and_dedup_stays_private() {
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("first").send().await.unwrap();
+    client.create_bucket().bucket("second").send().await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", gw.keys.access_key_id, gw.keys.secret_access_key));
+    for (path, auth, status) in [
+        ("/missing/nar/x.nar.xz", true, "404"),
+        ("/first/store/x.nar", true, "400"),
+        ("/first/nar/x.nar.xz", false, "403"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let auth = if auth { format!("Authorization: Basic {basic}\r\n") } else { String::new() };
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 100000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {answer}");
+    }
+
+    let paths = fixture_cache("cache-none");
+    for (name, text, info, nar) in &paths {
+        put(&client, "first", &info.url, nar.clone()).await.unwrap();
+        put(&client, "first", name, text.clone().into_bytes()).await.unwrap();
+    }
+    let chunks = backend_keys(&gw.backend, "chunks/").await;
+    let records = backend_keys(&gw.backend, "nars/").await;
+    let (name, text, info, nar) = &paths[0];
+    // Another bucket sees none of it, though the store holds the NAR.
+    assert_eq!(get(&client, "second", name).await.unwrap_err().0, 404);
+    assert_eq!(get(&client, "second", &info.url).await.unwrap_err().0, 404);
+    put(&client, "second", name, text.clone().into_bytes()).await.unwrap();
+    assert_eq!(
+        get(&client, "second", name).await.unwrap_err().0,
+        404,
+        "a narinfo commits only against its own bucket's NAR"
+    );
+    put(&client, "second", &info.url, nar.clone()).await.unwrap();
+    assert!(get(&client, "second", name).await.is_ok());
+    assert_eq!(backend_keys(&gw.backend, "chunks/").await, chunks, "no chunk stored twice");
+    assert_eq!(backend_keys(&gw.backend, "nars/").await, records, "no NAR record stored twice");
+}
+
+/// An ingest that meets a GC that does not end in time answers 409 OperationAborted (a 4xx: Nix
+/// retries a 5xx with an empty body), and nothing of it is visible; once the GC is gone, the
+/// same upload succeeds.
+#[tokio::test]
+async fn an_upload_during_gc_is_a_conflict() {
+    let backend = common::garage_backend().await;
+    let mut options = test_options();
+    options.ingest.gc_wait = Duration::from_millis(500);
+    let gw = start_with(backend, options).await;
+    let client = gw.client();
+    client.create_bucket().bucket("during-gc").send().await.unwrap();
+    let (_, _, info, nar) = &fixture_cache("cache-none")[0];
+    gw.backend.put("locks/gc", bytes::Bytes::from_static(b"a GC")).await.unwrap();
+    assert_eq!(
+        put(&client, "during-gc", &info.url, nar.clone()).await.unwrap_err(),
+        (409, "OperationAborted".into())
+    );
+    assert_eq!(get(&client, "during-gc", &info.url).await.unwrap_err().0, 404);
+    gw.backend.delete("locks/gc").await.unwrap();
+    put(&client, "during-gc", &info.url, nar.clone()).await.unwrap();
+    assert!(get(&client, "during-gc", &info.url).await.unwrap() == *nar);
 }

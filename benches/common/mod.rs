@@ -1,4 +1,7 @@
-//! What the benchmarks share: generated file contents.
+//! What the benchmarks share: generated file contents, and the gateway as a process.
+#![allow(dead_code)]
+
+pub mod gateway;
 
 /// `n` bytes that compress somewhat, like binaries and text do, different for each `seed`.
 pub fn content(n: usize, seed: u64) -> Vec<u8> {

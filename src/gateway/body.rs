@@ -22,6 +22,10 @@ use s3s::{S3Error, S3ErrorCode, TrailingHeaders, s3_error};
 
 use crate::backend::{BackendError, ByteStream};
 
+/// The prefix of the checksum headers; also the names under which a plain object's checksums
+/// are kept in its metadata (user metadata with this prefix is not accepted).
+pub const CHECKSUM_PREFIX: &str = "x-amz-checksum-";
+
 /// The checksum algorithms S3 knows, by the name of their header.
 pub const ALGORITHMS: [&str; 5] = ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"];
 
@@ -73,6 +77,18 @@ impl Expected {
         Ok(Expected { content_md5, checksum, trailer, trailing_headers })
     }
 
+    /// The checksums given as headers, as metadata entries to keep with a plain object
+    /// (trailer checksums arrive after the object's metadata is written, so they are checked
+    /// but not kept).
+    pub fn header_checksums(&self) -> Vec<(String, String)> {
+        ALGORITHMS
+            .iter()
+            .filter_map(|alg| {
+                Some((format!("{CHECKSUM_PREFIX}{alg}"), value_of(&self.checksum, alg)?.trim().to_owned()))
+            })
+            .collect()
+    }
+
     /// The algorithms to compute: those with a value in a header or a trailer.
     fn algorithms(&self) -> Vec<&'static str> {
         let mut algorithms: Vec<&'static str> =
@@ -112,8 +128,9 @@ pub fn value_of<'a>(checksum: &'a Checksum, alg: &str) -> Option<&'a str> {
 pub struct Received {
     /// Bytes received.
     pub size: u64,
-    /// Their MD5.
-    pub md5: [u8; 16],
+    /// Their MD5, when `Content-MD5` asked for it to be checked (whoever consumes the body
+    /// knows it otherwise: the backend, the ingest).
+    pub md5: Option<[u8; 16]>,
     /// The checksums the client asked for, computed (base64).
     pub checksum: Checksum,
 }
@@ -222,7 +239,7 @@ struct Receiving {
     body: Option<StreamingBlob>,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    md5: md5::Md5,
+    md5: Option<md5::Md5>,
     size: u64,
     hashers: Vec<(&'static str, Hasher)>,
     expected: Expected,
@@ -244,7 +261,7 @@ pub fn receive(
         body,
         idle,
         timer: None,
-        md5: md5::Md5::new(),
+        md5: expected.content_md5.map(|_| md5::Md5::new()),
         size: 0,
         hashers,
         expected,
@@ -267,8 +284,8 @@ impl Receiving {
 
     /// The body ended: every digest checked.
     fn finish(&mut self) -> Result<Received, BodyError> {
-        let md5: [u8; 16] = std::mem::take(&mut self.md5).finalize().into();
-        if self.expected.content_md5.is_some_and(|expected| expected != md5) {
+        let md5: Option<[u8; 16]> = self.md5.take().map(|h| h.finalize().into());
+        if md5.is_some() && md5 != self.expected.content_md5 {
             return Err(BodyError::ContentMd5);
         }
         let trailers = self.expected.trailing_headers.as_ref().and_then(TrailingHeaders::take);
@@ -315,7 +332,9 @@ impl Stream for Receiving {
         match Pin::new(body).poll_next(cx) {
             Poll::Ready(Some(Ok(piece))) => {
                 this.timer = None;
-                this.md5.update(&piece);
+                if let Some(md5) = &mut this.md5 {
+                    md5.update(&piece);
+                }
                 for (_, hasher) in &mut this.hashers {
                     hasher.update(&piece);
                 }

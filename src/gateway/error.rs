@@ -67,22 +67,19 @@ pub fn render_error(key: &str, e: RenderError) -> S3Error {
 /// 4xx (Nix retries a 5xx with an empty body and hangs): a NAR that is not one → InvalidRequest,
 /// one that is not the NAR expected → BadDigest, a running GC → 409 OperationAborted.
 pub fn ingest_error(key: &str, e: IngestError) -> S3Error {
-    let code = match &e {
-        IngestError::Compression(_) | IngestError::Nar(_) | IngestError::Tree(_) => {
-            S3ErrorCode::InvalidRequest
+    let (code, message) = match e {
+        IngestError::Backend(e) => return backend_error(key, e),
+        IngestError::Chunker(e) => return internal(key, &e),
+        e @ IngestError::GcConflict => {
+            let mut error = S3Error::with_message(S3ErrorCode::OperationAborted, e.to_string());
+            error.set_status_code(http::StatusCode::CONFLICT);
+            return error;
         }
-        IngestError::NarHashMismatch { .. } | IngestError::NarSizeMismatch { .. } => S3ErrorCode::BadDigest,
-        IngestError::Read(_) => S3ErrorCode::IncompleteBody,
-        IngestError::GcConflict => S3ErrorCode::OperationAborted,
-        IngestError::Chunker(_) => return internal(key, &e),
-        IngestError::Backend(_) => {
-            let IngestError::Backend(e) = e else { unreachable!() };
-            return backend_error(key, e);
+        e @ (IngestError::NarHashMismatch { .. } | IngestError::NarSizeMismatch { .. }) => {
+            (S3ErrorCode::BadDigest, e.to_string())
         }
+        e @ IngestError::Read(_) => (S3ErrorCode::IncompleteBody, e.to_string()),
+        e => (S3ErrorCode::InvalidRequest, e.to_string()),
     };
-    let mut error = S3Error::with_message(code, e.to_string());
-    if matches!(e, IngestError::GcConflict) {
-        error.set_status_code(http::StatusCode::CONFLICT);
-    }
-    error
+    S3Error::with_message(code, message)
 }

@@ -10,13 +10,14 @@
 
 /// The [`Attributes`](crate::backend::Attributes) a PutObject or CreateMultipartUpload input
 /// sets (their fields share names, not a trait): `aws-chunked` is framing, never kept as a
-/// Content-Encoding; user-metadata names are lowercased, and the gateway's own refused.
+/// Content-Encoding; user-metadata names are lowercased, and the gateway's own (checksums, the
+/// multipart ETag) refused.
 macro_rules! client_attributes {
     ($input:expr) => {{
         let input = $input;
         crate::backend::Attributes {
             content_type: input.content_type.clone(),
-            content_encoding: input.content_encoding.clone().filter(|e| e != "aws-chunked"),
+            content_encoding: super::s3::stored_encoding(input.content_encoding.as_deref()),
             cache_control: input.cache_control.clone(),
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
@@ -26,6 +27,7 @@ macro_rules! client_attributes {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| !k.starts_with(super::body::CHECKSUM_PREFIX))
                 .filter(|(k, _)| crate::cache::uploads::client_metadata_allowed(k))
                 .collect(),
         }

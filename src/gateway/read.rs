@@ -110,7 +110,7 @@ impl Gateway {
                 return Err(e);
             }
         };
-        let overrides = ResponseOverrides::from_uri(&req.uri);
+        let overrides = ResponseOverrides::from_request(&req.uri, &req.headers);
         let cache = self.cache(&located.bucket);
         let target = Target::of(&located.key);
         let no_bucket = || s3_error!(NoSuchBucket);
@@ -352,10 +352,16 @@ fn plan(
 
 /// The `response-*` query parameters of a GET, which override response headers.
 #[derive(Debug, Default)]
-struct ResponseOverrides(Vec<(http::HeaderName, String)>);
+struct ResponseOverrides {
+    headers: Vec<(http::HeaderName, String)>,
+    /// `x-amz-checksum-mode: ENABLED`: the stored checksums of a plain object are shown.
+    checksum_mode: bool,
+}
 
 impl ResponseOverrides {
-    fn from_uri(uri: &Uri) -> Self {
+    fn from_request(uri: &Uri, headers: &HeaderMap) -> Self {
+        let checksum_mode =
+            headers.get("x-amz-checksum-mode").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"));
         let mut out = vec![];
         for (name, value) in query_pairs(uri) {
             let header = match name.as_str() {
@@ -369,7 +375,7 @@ impl ResponseOverrides {
             };
             out.push((header, value));
         }
-        ResponseOverrides(out)
+        ResponseOverrides { headers: out, checksum_mode }
     }
 }
 
@@ -405,11 +411,17 @@ impl Plan {
                 }
             }
             for (name, value) in &attributes.metadata {
-                if let Ok(name) = http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()) {
+                // Checksums stored with the object are headers of their own, when asked for.
+                let header = match name.strip_prefix(super::body::CHECKSUM_PREFIX) {
+                    Some(_) if overrides.checksum_mode => name.clone(),
+                    Some(_) => continue,
+                    None => format!("x-amz-meta-{name}"),
+                };
+                if let Ok(name) = http::HeaderName::from_bytes(header.as_bytes()) {
                     set(name, value);
                 }
             }
-            for (name, value) in &overrides.0 {
+            for (name, value) in &overrides.headers {
                 set(name.clone(), value);
             }
         }

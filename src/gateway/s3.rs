@@ -41,6 +41,14 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
     }
 }
 
+/// The Content-Encoding to keep with an object: `aws-chunked` is the upload's framing, never
+/// the object's.
+pub(super) fn stored_encoding(encoding: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> =
+        encoding?.split(',').map(str::trim).filter(|e| !e.is_empty() && *e != "aws-chunked").collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
 /// The percent-encoding of `encoding-type=url` (RFC 3986 unreserved characters and `/` kept).
 fn url_encode(s: &str) -> String {
     urlencoding::encode(s).replace("%2F", "/")
@@ -306,7 +314,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.existing(&input.bucket).await?;
         let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
-        let attributes = client_attributes!(&input);
+        let mut attributes = client_attributes!(&input);
+        attributes.metadata.extend(expected.header_checksums());
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
         let upload = Upload { attributes, content_md5: None, receipt: Some(receipt) };
         let written = self.write_object(&input.bucket, &input.key, body, upload).await?;

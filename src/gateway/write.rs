@@ -64,7 +64,8 @@ impl Gateway {
     ) -> S3Result<Written> {
         let target = Target::of(key);
         if matches!(target, Target::StoreNar { .. } | Target::StoreView) {
-            return Err(s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths"));
+            // Refused before the body is read.
+            return Err(read_only());
         }
         let gateway = self.clone();
         let logged = key.to_owned();
@@ -77,21 +78,23 @@ impl Gateway {
                 Target::Plain => gateway.put_plain(&cache, &key, body, upload).await,
                 Target::Nar { .. } | Target::NarUpload => gateway.put_nar(&cache, &key, target, body).await,
                 Target::NarInfo { store_hash } => put_narinfo(&cache, &key, &store_hash, body, &upload).await,
-                Target::Listing { .. } => read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|_| None),
+                Target::Listing { .. } => {
+                    read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|b| Some(crate::cache::md5_hex(&b)))
+                }
                 Target::CacheInfo => gateway.put_cache_info(&cache, &key, body).await,
-                Target::StoreNar { .. } | Target::StoreView => unreachable!("refused above"),
+                Target::StoreNar { .. } | Target::StoreView => Err(read_only()),
             };
             // A body that failed says why, whatever its consumer made of the failure.
             if let Some(failure) = receipt.as_ref().and_then(Receipt::failure) {
                 return Err(failure.to_s3());
             }
+            // The ETag is the stored object's (a plain object's, as HEAD will show it), else the
+            // MD5 of the bytes received.
             let etag = result?;
-            Ok(match receipt.and_then(|r| r.outcome()) {
-                Some(Ok(received)) => {
-                    Written { etag: hex::encode(received.md5), checksum: received.checksum }
-                }
-                _ => Written { etag: etag.unwrap_or_default(), checksum: Checksum::default() },
-            })
+            let received = receipt.and_then(|r| r.outcome()).and_then(Result::ok);
+            let checksum = received.as_ref().map(|r| r.checksum.clone()).unwrap_or_default();
+            let etag = etag.or_else(|| received.and_then(|r| r.md5).map(hex::encode)).unwrap_or_default();
+            Ok(Written { etag, checksum })
         });
         task.await.map_err(|e| internal(&logged, &e))?
     }
@@ -170,7 +173,7 @@ impl Gateway {
             settings.want_mass_query = want;
         }
         cache.set_settings(&settings).await.map_err(|e| commit_error(key, e))?;
-        Ok(None)
+        Ok(Some(crate::cache::md5_hex(&bytes)))
     }
 
     /// DELETE of `key` (see the module docs); a missing key is not an error.
@@ -216,6 +219,11 @@ impl Gateway {
     }
 }
 
+/// The error of a write under a read-only view.
+fn read_only() -> S3Error {
+    s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths")
+}
+
 /// PUT of `<storehash>.narinfo`: decoded (`Content-Encoding`), parsed, then the commit protocol.
 async fn put_narinfo(
     cache: &Cache,
@@ -225,6 +233,7 @@ async fn put_narinfo(
     upload: &Upload,
 ) -> S3Result<Option<String>> {
     let bytes = read_small(key, body, MAX_NARINFO_LEN).await?;
+    let etag = crate::cache::md5_hex(&bytes);
     let bytes = decode_content(bytes, upload.attributes.content_encoding.as_deref(), MAX_NARINFO_LEN).await?;
     let invalid = |e: &dyn std::fmt::Display| {
         S3Error::with_message(S3ErrorCode::InvalidRequest, format!("invalid narinfo: {e}"))
@@ -242,7 +251,7 @@ async fn put_narinfo(
         }
         Err(e) => return Err(commit_error(key, e)),
     }
-    Ok(Some(crate::cache::md5_hex(&bytes)))
+    Ok(Some(etag))
 }
 
 /// Reads a small upload whole: at most `limit` bytes, else EntityTooLarge.

@@ -1,0 +1,196 @@
+//! The upload benchmark: `cargo bench --bench upload`.
+//!
+//! `nargate serve` runs as a separate process over a Garage bucket; NARs of 256 MiB (eight large
+//! files of generated, somewhat compressible content, each NAR different so that nothing dedups)
+//! are uploaded to `nar/<narhash>.nar` through the gateway with aws-sdk-s3, and the same bytes are
+//! PUT straight to another Garage bucket, the baseline, in the same run and alternating:
+//! - one PutObject at a time: throughput, gateway ÷ direct (target ≥ 0.8);
+//! - 8 MiB multipart uploads (parts sent 4 at a time, as SDK transfer managers do), the same way;
+//! - 8 concurrent 256 MiB PutObjects: total throughput and the gateway's peak RSS.
+
+mod common;
+use common::content;
+use common::gateway::{GatewayProcess, client, gateway_toml, loadavg, median, mib_per_s};
+
+use std::time::{Duration, Instant};
+
+#[path = "../tests/common/garage.rs"]
+#[allow(dead_code)]
+mod garage;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use nargate::nix::nar::{NarNode, write_nar};
+use nargate::nix::nixbase32;
+use sha2::Digest as _;
+
+/// The size of each NAR's content.
+const NAR_MIB: usize = 256;
+/// Runs of each single-upload figure.
+const RUNS: usize = 2;
+/// Concurrent uploads.
+const CONCURRENT: usize = 8;
+/// Multipart part size.
+const PART: usize = 8 << 20;
+/// Parts in flight at once.
+const PARTS_AT_ONCE: usize = 4;
+/// The bucket (cache) the gateway serves.
+const CACHE: &str = "cache";
+
+/// A 256 MiB NAR of eight 32 MiB files, different for each `seed`.
+fn nar(seed: u64) -> Bytes {
+    let files = (0..8u64)
+        .map(|i| {
+            let node =
+                NarNode::File { executable: false, contents: content(NAR_MIB / 8 << 20, seed * 100 + i) };
+            (format!("lib{i:02}.so").into_bytes(), node)
+        })
+        .collect();
+    Bytes::from(write_nar(&NarNode::Directory(vec![(b"lib".to_vec(), NarNode::Directory(files))])).unwrap())
+}
+
+/// The gateway key of a NAR: `nar/<narhash>.nar`.
+fn key_of(nar: &[u8]) -> String {
+    format!("nar/{}.nar", nixbase32::encode(sha2::Sha256::digest(nar).as_slice()))
+}
+
+/// One PutObject of `body`: its time.
+async fn put(client: &Client, bucket: &str, key: &str, body: Bytes) -> Duration {
+    let start = Instant::now();
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT {bucket}/{key}: {}", DisplayErrorContext(&e)));
+    start.elapsed()
+}
+
+/// A multipart upload of `body` in `PART`-byte parts, `PARTS_AT_ONCE` at a time: its time.
+async fn multipart(client: &Client, bucket: &str, key: &str, body: Bytes) -> Duration {
+    let start = Instant::now();
+    let created = client.create_multipart_upload().bucket(bucket).key(key).send().await.unwrap();
+    let id = created.upload_id().unwrap().to_owned();
+    let parts: Vec<(i32, Bytes)> = (0..body.len().div_ceil(PART))
+        .map(|i| (i as i32 + 1, body.slice(i * PART..((i + 1) * PART).min(body.len()))))
+        .collect();
+    let mut done = vec![];
+    for batch in parts.chunks(PARTS_AT_ONCE) {
+        let uploads: Vec<_> = batch
+            .iter()
+            .map(|(n, part)| {
+                let (client, bucket, key, id, n, part) =
+                    (client.clone(), bucket.to_owned(), key.to_owned(), id.clone(), *n, part.clone());
+                tokio::spawn(async move {
+                    let out = client
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .part_number(n)
+                        .body(ByteStream::from(part))
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("UploadPart {n}: {}", DisplayErrorContext(&e)));
+                    CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build()
+                })
+            })
+            .collect();
+        for upload in uploads {
+            done.push(upload.await.unwrap());
+        }
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("Complete {bucket}/{key}: {}", DisplayErrorContext(&e)));
+    start.elapsed()
+}
+
+/// Prints one throughput line: gateway and direct medians, and their ratio.
+fn line(what: &str, bytes: u64, gateway: Vec<Duration>, direct: Vec<Duration>, target: &str) {
+    let (g, d) = (mib_per_s(bytes, median(gateway)), mib_per_s(bytes, median(direct)));
+    println!("{what}: gateway {g:.0} MiB/s, direct {d:.0} MiB/s, ratio {:.2}{target}", g / d);
+}
+
+#[tokio::main]
+async fn main() {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "nargate upload benchmark: {NAR_MIB} MiB NARs uploaded through the gateway (a process over Garage) to"
+    );
+    println!(
+        "nar/<narhash>.nar, against PUTs of the same bytes straight to Garage (\"direct\"); medians of {RUNS}"
+    );
+    println!("runs, alternating; ratios gateway÷direct. {cores} cores, load average {} at start.", loadavg());
+
+    let seeds = 2 * RUNS + CONCURRENT;
+    let nars: Vec<Bytes> =
+        tokio::task::spawn_blocking(move || (0..seeds as u64).map(nar).collect()).await.unwrap();
+    let size = nars[0].len() as u64;
+    let garage = tokio::task::spawn_blocking(garage::garage).await.unwrap();
+    let (backend_bucket, direct_bucket) = (garage.create_bucket().await, garage.create_bucket().await);
+    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
+    let toml = gateway_toml(garage, &backend_bucket, (client_id, &client_secret));
+    let gateway = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    let gw = client(&gateway.endpoint, "us-east-1", client_id, &client_secret, true);
+    let direct = client(&garage.endpoint, "garage", &garage.key_id, &garage.secret_key, true);
+    gw.create_bucket().bucket(CACHE).send().await.unwrap();
+    println!(
+        "gateway: {} (pid {}), default settings; clients: aws-sdk-s3 with its default request checksums",
+        gateway.endpoint,
+        gateway.child.id()
+    );
+    println!();
+
+    let mut next = nars.iter();
+    let (mut g, mut d) = (vec![], vec![]);
+    for _ in 0..RUNS {
+        let nar = next.next().unwrap();
+        g.push(put(&gw, CACHE, &key_of(nar), nar.clone()).await);
+        d.push(put(&direct, &direct_bucket, &key_of(nar), nar.clone()).await);
+    }
+    line("PutObject, one at a time", size, g, d, " (target ≥ 0.8)");
+
+    let (mut g, mut d) = (vec![], vec![]);
+    for _ in 0..RUNS {
+        let nar = next.next().unwrap();
+        g.push(multipart(&gw, CACHE, &key_of(nar), nar.clone()).await);
+        d.push(multipart(&direct, &direct_bucket, &format!("mp-{}", key_of(nar)), nar.clone()).await);
+    }
+    line("8 MiB multipart, one upload at a time", size, g, d, " (target ≥ 0.8)");
+
+    let batch: Vec<Bytes> = next.cloned().collect();
+    let mut times = vec![];
+    for (side, bucket, prefix) in [(&gw, CACHE, ""), (&direct, direct_bucket.as_str(), "c-")] {
+        let start = Instant::now();
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|nar| {
+                let (client, bucket, key, nar) =
+                    (side.clone(), bucket.to_owned(), format!("{prefix}{}", key_of(nar)), nar.clone());
+                tokio::spawn(async move { put(&client, &bucket, &key, nar).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        times.push(start.elapsed());
+    }
+    let total = size * batch.len() as u64;
+    line(&format!("{CONCURRENT} concurrent PutObjects, total"), total, vec![times[0]], vec![times[1]], "");
+    let (peak, now) = gateway.memory();
+    println!(
+        "gateway peak RSS {peak:.0} MiB (now {now:.0} MiB) after {CONCURRENT} concurrent {NAR_MIB} MiB uploads"
+    );
+}
