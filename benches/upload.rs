@@ -45,7 +45,7 @@ fn nar(seed: u64) -> Bytes {
     let files = (0..8u64)
         .map(|i| {
             let node =
-                NarNode::File { executable: false, contents: content(NAR_MIB / 8 << 20, seed * 100 + i) };
+                NarNode::File { executable: false, contents: content((NAR_MIB / 8) << 20, seed * 100 + i) };
             (format!("lib{i:02}.so").into_bytes(), node)
         })
         .collect();
