@@ -247,6 +247,39 @@ async fn lists_abort_and_errors(backend: DynBackend) {
         .await
         .unwrap();
     assert_eq!(next.uploads().iter().map(|u| u.key().unwrap()).collect::<Vec<_>>(), ["b/two"]);
+    assert_eq!(next.is_truncated(), Some(false));
+    // Two uploads of one key page one at a time too (markers: key and upload id).
+    let again = create(&client, "mpu", "a/one").await;
+    let mut seen = vec![];
+    let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+    loop {
+        let page = client
+            .list_multipart_uploads()
+            .bucket("mpu")
+            .max_uploads(1)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await
+            .unwrap();
+        seen.extend(
+            page.uploads().iter().map(|u| (u.key().unwrap().to_owned(), u.upload_id().unwrap().to_owned())),
+        );
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        id_marker = page.next_upload_id_marker().map(str::to_owned);
+        assert!(seen.len() < 10, "paging does not end: {seen:?}");
+    }
+    let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["a/one", "a/one", "b/two"]);
+    let mut ids: Vec<&str> = seen[..2].iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![a.as_str(), again.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    client.abort_multipart_upload().bucket("mpu").key("a/one").upload_id(&again).send().await.unwrap();
 
     // Content-MD5 is checked: BadDigest, and nothing is staged.
     let wrong = base64::engine::general_purpose::STANDARD.encode(md5(b"something else"));

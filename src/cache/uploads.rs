@@ -524,7 +524,7 @@ pub async fn remove_abandoned(backend: &DynBackend, abandon_after: Duration) -> 
     // Objects of one upload are adjacent in key order: its record `b/id`, then `b/id/…`.
     let mut groups: Vec<(String, Vec<ObjectMeta>)> = vec![];
     for object in objects {
-        let rest = &object.key[ROOT.len()..];
+        let Some(rest) = object.key.strip_prefix(ROOT) else { continue };
         let group = if let Some(done) = rest.strip_prefix(".completed/") {
             format!(".completed/{done}")
         } else if rest.starts_with('.') {

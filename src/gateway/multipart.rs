@@ -406,6 +406,7 @@ impl Gateway {
         let mut skipping_id = input.upload_id_marker.clone().filter(|_| !key_marker.is_empty());
         let (mut uploads, mut prefixes): (Vec<MultipartUpload>, Vec<String>) = (vec![], vec![]);
         let mut next: Option<(String, String)> = None;
+        let mut truncated = false;
         for upload in &all {
             let key = &upload.record.key;
             if !key.starts_with(&prefix) || key.as_str() < key_marker.as_str() {
@@ -432,6 +433,8 @@ impl Gateway {
                 continue;
             }
             if uploads.len() + prefixes.len() == max_uploads {
+                // Another upload (or common prefix) would follow.
+                truncated = true;
                 break;
             }
             next = Some((key.clone(), upload.id.clone()));
@@ -448,11 +451,6 @@ impl Gateway {
                 }),
             }
         }
-        let listed = uploads.len() + prefixes.len();
-        let truncated = listed == max_uploads
-            && all.iter().any(|u| {
-                next.as_ref().is_some_and(|(k, _)| u.record.key.starts_with(&prefix) && &u.record.key > k)
-            });
         let (next_key, next_id) = match next.filter(|_| truncated) {
             Some((k, id)) => (Some(k), Some(id)),
             None => (None, None),
