@@ -16,8 +16,8 @@
 
 mod common;
 use common::content;
-use common::gateway::{
-    GatewayProcess, client, cpu_of, garage_pid, gateway_toml, loadavg, median, mib_per_s, ms,
+use common::serving::{
+    Side, client, cpu_of, ingest_store_path, loadavg, median, mib_per_s, ms, start_gateway,
 };
 
 use std::collections::HashSet;
@@ -29,17 +29,13 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod garage;
 
-use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
 use nargate::backend::s3::S3Backend;
 use nargate::backend::{Backend, DynBackend};
 use nargate::cache::{BucketRecord, Cache};
 use nargate::castore::ChunkStore;
-use nargate::ingest::{IngestOptions, Ingested, ingest_nar};
+use nargate::ingest::Ingested;
 use nargate::nix::nar::{NarNode, write_nar};
-use nargate::nix::narinfo::NarInfo;
 use nargate::nix::nixbase32;
-use nargate::nix::store_path::StorePath;
 use rand::{Rng, SeedableRng};
 
 /// Runs of each latency figure.
@@ -104,14 +100,10 @@ async fn ingest(
     name: &'static str,
     nar: &[u8],
 ) -> (Nar, Ingested, String) {
-    let ingested = ingest_nar(store, nar, &IngestOptions::default()).await.expect("ingest");
+    let (ingested, info) = ingest_store_path(store, cache, name, nar).await;
     let record = &ingested.record;
-    cache.nar_landed(record).await.expect("NAR landed");
     let hash = nixbase32::encode(&record.nar_hash);
-    let store_hash = nixbase32::encode(&rand::random::<[u8; 20]>());
-    let store_path = StorePath::from_base_name(&format!("{store_hash}-{name}")).unwrap();
-    let info = NarInfo::new(store_path, format!("nar/{hash}.nar"), &record.nar_hash, record.nar_size);
-    cache.narinfo_arrived(&store_hash, &info).await.expect("narinfo arrived");
+    let store_hash = info.store_path.hash_part();
     let mut chunk_starts = vec![0];
     for chunk in &record.chunks {
         chunk_starts.push(chunk_starts.last().unwrap() + u64::from(chunk.size));
@@ -138,41 +130,32 @@ impl Nar {
     }
 }
 
-/// An S3 endpoint and the bucket to read.
-#[derive(Clone)]
-struct Side {
-    client: Client,
-    bucket: String,
+/// The parent of process `pid`, and its name.
+fn parent_and_name(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
 }
 
-impl Side {
-    /// GETs `key` (or a range of it) and drains the body; returns its length.
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> u64 {
-        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
-        if let Some(r) = &range {
-            request = request.range(format!("bytes={}-{}", r.start, r.end - 1));
-        }
-        let output = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {}/{key}: {}", self.bucket, DisplayErrorContext(&e)));
-        let mut body = output.body;
-        let mut n = 0;
-        while let Some(piece) = body.next().await {
-            n += piece.unwrap_or_else(|e| panic!("GET {}/{key}: {e}", self.bucket)).len() as u64;
-        }
-        if let Some(r) = range {
-            assert_eq!(n, r.end - r.start, "GET {}/{key} {r:?}", self.bucket);
-        }
-        n
-    }
-
-    /// The time of one GET.
-    async fn time(&self, key: &str, range: Option<Range<u64>>) -> Duration {
-        let start = Instant::now();
-        self.get(key, range).await;
-        start.elapsed()
-    }
+/// The Garage server this process started (under its `sh` supervisor).
+fn garage_pid() -> u32 {
+    let me = std::process::id();
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let supervisors: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
+        .collect();
+    pids.into_iter()
+        .find(|&p| {
+            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
+        })
+        .expect("the Garage process")
 }
 
 /// CPU used by the gateway, Garage and this process (the client).
@@ -317,9 +300,8 @@ async fn main() {
         begun.elapsed().as_secs_f64()
     );
 
-    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
-    let toml = gateway_toml(garage, &backend_bucket, (client_id, &client_secret));
-    let gateway_process = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    let (gateway_process, client_id, client_secret) =
+        start_gateway(&garage.endpoint, &backend_bucket, &garage.key_id, &garage.secret_key).await;
     let gw_endpoint = gateway_process.endpoint.clone();
     let gateway_client = |quickack| client(&gw_endpoint, "us-east-1", client_id, &client_secret, quickack);
     let direct_client =

@@ -10,7 +10,7 @@
 
 mod common;
 use common::content;
-use common::gateway::{GatewayProcess, client, gateway_toml, loadavg, median, mib_per_s};
+use common::serving::{client, loadavg, median, mib_per_s, start_gateway};
 
 use std::time::{Duration, Instant};
 
@@ -140,9 +140,8 @@ async fn main() {
     let size = nars[0].len() as u64;
     let garage = tokio::task::spawn_blocking(garage::garage).await.unwrap();
     let (backend_bucket, direct_bucket) = (garage.create_bucket().await, garage.create_bucket().await);
-    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
-    let toml = gateway_toml(garage, &backend_bucket, (client_id, &client_secret));
-    let gateway = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    let (gateway, client_id, client_secret) =
+        start_gateway(&garage.endpoint, &backend_bucket, &garage.key_id, &garage.secret_key).await;
     let gw = client(&gateway.endpoint, "us-east-1", client_id, &client_secret, true);
     let direct = client(&garage.endpoint, "garage", &garage.key_id, &garage.secret_key, true);
     gw.create_bucket().bucket(CACHE).send().await.unwrap();

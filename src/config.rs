@@ -204,7 +204,8 @@ pub struct ClientCredentials {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Segment tables, in bytes (`NARGATE_TABLE_CACHE_BYTES`).
+    /// Segment tables, in bytes, and as much again for store paths' trees in buckets that browse
+    /// (`NARGATE_TABLE_CACHE_BYTES`).
     pub table_cache_bytes: u64,
     /// Verified, decompressed chunks, in bytes (`NARGATE_CHUNK_CACHE_BYTES`).
     pub chunk_cache_bytes: u64,
@@ -803,6 +804,7 @@ mod tests {
             anonymous_read = true
             priority = 30
             want_mass_query = false
+            browse = true
 
             [buckets.private]
             "#,
@@ -844,6 +846,7 @@ mod tests {
                         anonymous_read: Some(true),
                         priority: Some(30),
                         want_mass_query: Some(false),
+                        browse: Some(true),
                     },
                 ),
                 ("private".into(), BucketSettings::default()),

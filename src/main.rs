@@ -129,6 +129,10 @@ struct BucketFlags {
     /// The `WantMassQuery` of `nix-cache-info`.
     #[arg(long)]
     want_mass_query: Option<bool>,
+    /// Whether every store path's files are objects under `tree/<hash>-<name>/` (`--browse`
+    /// alone means true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    browse: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +442,7 @@ async fn bucket(store: &StoreArgs, action: BucketAction) -> Result<()> {
         println!("  anonymous read:  {}", record.anonymous_read);
         println!("  priority:        {}", record.priority);
         println!("  WantMassQuery:   {}", record.want_mass_query);
+        println!("  browse (tree/):  {}", record.browse);
         match &record.signing_key {
             Some(key) => {
                 let key: SecretKey = key.parse().map_err(|e| Failure(format!("{e}")))?;
@@ -480,6 +485,7 @@ impl BucketFlags {
             anonymous_read: self.anonymous_read,
             priority: self.priority,
             want_mass_query: self.want_mass_query,
+            browse: self.browse,
         }
     }
 }

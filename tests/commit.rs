@@ -52,6 +52,7 @@ async fn either_order_commits(backend: DynBackend) {
             signing_key: Some(secret.to_string()),
             priority: 30,
             want_mass_query: true,
+            browse: false,
         })
         .await
         .unwrap();

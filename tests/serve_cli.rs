@@ -191,8 +191,12 @@ fn credentials_and_bucket_commands() {
         "--anonymous-read",
         "--want-mass-query",
         "false",
+        "--browse",
     ]));
     assert!(set.contains("anonymous read:  true") && set.contains("WantMassQuery:   false"), "{set}");
+    assert!(set.contains("browse (tree/):  true"), "{set}");
+    let set = text(nargate(&["bucket", "set", "--data", data_arg, "signed", "--browse=false"]));
+    assert!(set.contains("browse (tree/):  false") && set.contains("anonymous read:  true"), "{set}");
     let missing = Command::new(env!("CARGO_BIN_EXE_nargate"))
         .args(["bucket", "show", "--data", data_arg, "nope"])
         .output()

@@ -1,7 +1,8 @@
-//! What the benchmarks share: generated file contents, and the gateway as a process.
+//! What the benchmarks share: generated file contents, and (in [`serving`]) the gateway as a
+//! process with clients of it and of Garage.
 #![allow(dead_code)]
 
-pub mod gateway;
+pub mod serving;
 
 /// `n` bytes that compress somewhat, like binaries and text do, different for each `seed`.
 pub fn content(n: usize, seed: u64) -> Vec<u8> {

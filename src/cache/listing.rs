@@ -16,7 +16,9 @@ use std::collections::VecDeque;
 
 use base64::Engine;
 
+use super::CommitError;
 use super::keys::{CacheKeys, IndexEntry};
+use super::tree::TreeStream;
 use crate::backend::{BackendError, DynBackend, ListRequest, ObjectMeta};
 
 /// The most keys plus common prefixes a page holds (S3's limit).
@@ -81,7 +83,7 @@ pub struct Listing {
 
 /// A key or a common prefix, as the merge sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Item {
+pub(crate) enum Item {
     Object(ObjectMeta),
     Prefix(String),
 }
@@ -96,7 +98,7 @@ impl Item {
 }
 
 /// The common prefix `key` rolls up into under `query`, if any.
-fn rollup(query: &ListQuery, key: &str) -> Option<String> {
+pub(crate) fn rollup(query: &ListQuery, key: &str) -> Option<String> {
     let delimiter = query.delimiter.as_deref().filter(|d| !d.is_empty())?;
     let rest = key.get(query.prefix.len()..)?;
     let at = rest.find(delimiter)?;
@@ -104,7 +106,7 @@ fn rollup(query: &ListQuery, key: &str) -> Option<String> {
 }
 
 /// Whether `item` lies after `after`.
-fn is_after(after: Option<&After>, item: &Item) -> bool {
+pub(crate) fn is_after(after: Option<&After>, item: &Item) -> bool {
     match (after, item) {
         (None, _) => true,
         (Some(After::Key(k)), item) => {
@@ -250,20 +252,24 @@ impl<'a> IndexStream<'a> {
     }
 }
 
-/// Lists one page of the bucket of `keys`: plain objects, index entries and `synthesized` keys
-/// (sorted), merged.
-pub async fn list(
+/// Lists one page of the bucket of `keys`: plain objects, index entries, `synthesized` keys
+/// (sorted) and, when the bucket browses, the keys under `tree/` ([`TreeStream`]), merged. A
+/// prefix that names one store path's tree is listed from that tree alone.
+pub(crate) async fn list(
     backend: &DynBackend,
     keys: &CacheKeys,
     query: &ListQuery,
     synthesized: &[ObjectMeta],
-) -> Result<Listing, BackendError> {
+    mut tree: Option<TreeStream<'_>>,
+) -> Result<Listing, CommitError> {
     let max_keys = query.max_keys.min(MAX_KEYS);
     if max_keys == 0 {
         return Ok(Listing::default());
     }
-    let mut raw = RawStream::new(backend, keys, query, max_keys + 1);
-    let mut index = IndexStream::new(backend, keys, query, max_keys + 1);
+    let only_tree = tree.as_ref().is_some_and(TreeStream::is_one_store_path);
+    let mut raw = (!only_tree).then(|| RawStream::new(backend, keys, query, max_keys + 1));
+    let mut index = (!only_tree).then(|| IndexStream::new(backend, keys, query, max_keys + 1));
+    let synthesized = if only_tree { &[][..] } else { synthesized };
     let mut extra: VecDeque<Item> = synthesized
         .iter()
         .filter(|m| m.key.starts_with(&query.prefix))
@@ -277,19 +283,35 @@ pub async fn list(
     let mut listing = Listing::default();
     let mut last: Option<Item> = None;
     loop {
-        let candidates = [raw.peek().await?.cloned(), index.peek().await?.cloned(), extra.front().cloned()];
+        let candidates = [
+            match &mut raw {
+                Some(raw) => raw.peek().await?.cloned(),
+                None => None,
+            },
+            match &mut index {
+                Some(index) => index.peek().await?.cloned(),
+                None => None,
+            },
+            match &mut tree {
+                Some(tree) => tree.peek().await?.cloned(),
+                None => None,
+            },
+            extra.front().cloned(),
+        ];
         let Some(next) = candidates.iter().flatten().min_by(|a, b| a.name().cmp(b.name())).cloned() else {
             break;
         };
         // Take it from every stream that holds it (a common prefix can come from several).
-        if raw.buffer.front().map(Item::name) == Some(next.name()) {
-            raw.buffer.pop_front();
-        }
-        if index.buffer.front().map(Item::name) == Some(next.name()) {
-            index.buffer.pop_front();
-        }
-        if extra.front().map(Item::name) == Some(next.name()) {
-            extra.pop_front();
+        let buffers = [
+            raw.as_mut().map(|s| &mut s.buffer),
+            index.as_mut().map(|s| &mut s.buffer),
+            tree.as_mut().map(|s| &mut s.buffer),
+            Some(&mut extra),
+        ];
+        for buffer in buffers.into_iter().flatten() {
+            if buffer.front().map(Item::name) == Some(next.name()) {
+                buffer.pop_front();
+            }
         }
         if last.as_ref().map(Item::name) == Some(next.name()) {
             continue;
@@ -307,7 +329,7 @@ pub async fn list(
         }
         last = Some(next);
     }
-    for stale in &index.stale {
+    for stale in index.iter().flat_map(|index| &index.stale) {
         if let Err(e) = backend.delete(stale).await {
             tracing::warn!(key = %stale, "could not remove a stale listing-index entry: {e}");
         }

@@ -12,6 +12,7 @@ pub mod meta;
 pub mod records;
 mod remove;
 mod repair;
+pub mod tree;
 mod upload_key;
 pub mod uploads;
 
@@ -25,6 +26,7 @@ pub use listing::{After, ListQuery, Listing};
 pub use meta::{Cached, MetaCache, MetaConfig};
 pub use records::{BucketRecord, BucketSettings, CacheNar, PathInfo, Pending, UploadKey};
 pub use repair::{RepairReport, repair_all};
+pub use tree::BrowsedTree;
 
 use crate::backend::{
     self, Attributes, BackendError, ByteStream, DynBackend, GetResult, ListRequest, ObjectMeta, PutOptions,
@@ -35,6 +37,7 @@ use crate::nix::narinfo::{NarInfo, NarInfoError};
 use crate::nix::nixbase32;
 use crate::nix::signing::SecretKey;
 use crate::nix::store_path::StorePath;
+use crate::render::Renderer;
 use crate::render::listing::nar_listing;
 
 /// Why a commit (or a step towards one) failed.
@@ -90,6 +93,9 @@ pub enum CommitError {
         /// The uploaded NAR's size.
         nar_size: u64,
     },
+    /// A store path's tree (browsing) cannot be loaded.
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
 }
 
 impl CommitError {
@@ -307,12 +313,17 @@ impl Cache {
         Ok(())
     }
 
-    /// One page of the bucket's listing: plain objects, virtual keys and `nix-cache-info`;
+    /// One page of the bucket's listing: plain objects, virtual keys, `nix-cache-info` and, when
+    /// the bucket browses, every store path's files under `tree/` (their trees from `renderer`);
     /// `None` if the bucket does not exist.
-    pub async fn list(&self, query: &ListQuery) -> Result<Option<Listing>, CommitError> {
+    pub async fn list(&self, query: &ListQuery, renderer: &Renderer) -> Result<Option<Listing>, CommitError> {
         let Some(pair) = self.bucket_record().await? else { return Ok(None) };
         let synthesized = [Self::nix_cache_info_meta(&pair)];
-        Ok(Some(listing::list(&self.backend, &self.keys, query, &synthesized).await?))
+        let tree = match pair.0.browse {
+            true => tree::TreeStream::new(self, renderer, query).await?,
+            false => None,
+        };
+        Ok(Some(listing::list(&self.backend, &self.keys, query, &synthesized, tree).await?))
     }
 
     /// The text of the bucket's `nix-cache-info` and its metadata (the bucket record's time).

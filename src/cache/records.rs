@@ -8,8 +8,9 @@ use crate::castore::record::{self, RecordError, RecordKind};
 /// The version of every record in this module but the bucket record.
 pub const CACHE_RECORDS_VERSION: u8 = 1;
 
-/// The version of the bucket record (version 1 had no `want_mass_query`; it is still read).
-pub const BUCKET_RECORD_VERSION: u8 = 2;
+/// The version of the bucket record (version 1 had no `want_mass_query`, version 2 no `browse`;
+/// both are still read).
+pub const BUCKET_RECORD_VERSION: u8 = 3;
 
 /// A bucket's settings (`caches/<bucket>/bucket`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +25,8 @@ pub struct BucketRecord {
     pub priority: u32,
     /// The `WantMassQuery` of `nix-cache-info`.
     pub want_mass_query: bool,
+    /// Whether every store path's files are objects under `tree/<hash>-<name>/`.
+    pub browse: bool,
 }
 
 /// Settings to change in a bucket record (from the configuration or the command line); `None`
@@ -37,6 +40,8 @@ pub struct BucketSettings {
     pub priority: Option<u32>,
     /// The `WantMassQuery` of `nix-cache-info`.
     pub want_mass_query: Option<bool>,
+    /// Whether every store path's files are objects under `tree/<hash>-<name>/`.
+    pub browse: Option<bool>,
 }
 
 /// The bucket record as version 1 wrote it.
@@ -48,8 +53,19 @@ struct BucketRecordV1 {
     priority: u32,
 }
 
+/// The bucket record as version 2 wrote it.
+#[derive(Deserialize)]
+struct BucketRecordV2 {
+    created: u64,
+    anonymous_read: bool,
+    signing_key: Option<String>,
+    priority: u32,
+    want_mass_query: bool,
+}
+
 impl BucketRecord {
-    /// The settings of a new bucket created now: private, unsigned, priority 40, mass queries.
+    /// The settings of a new bucket created now: private, unsigned, priority 40, mass queries, no
+    /// browsing.
     pub fn new_now() -> Self {
         BucketRecord {
             created: super::now_secs(),
@@ -57,6 +73,7 @@ impl BucketRecord {
             signing_key: None,
             priority: 40,
             want_mass_query: true,
+            browse: false,
         }
     }
 
@@ -72,6 +89,9 @@ impl BucketRecord {
         if let Some(v) = settings.want_mass_query {
             self.want_mass_query = v;
         }
+        if let Some(v) = settings.browse {
+            self.browse = v;
+        }
         *self != before
     }
 
@@ -80,20 +100,35 @@ impl BucketRecord {
         record::encode(RecordKind::Bucket, BUCKET_RECORD_VERSION, self)
     }
 
-    /// Reads the record, of version 2 or 1 (which wants mass queries).
+    /// Reads the record, of version 3, 2 (which does not browse) or 1 (which wants mass queries
+    /// and does not browse).
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let kind = RecordKind::Bucket;
-        if bytes.get(kind.magic().len()) == Some(&1) {
-            let v1: BucketRecordV1 = record::decode(kind, 1, bytes)?;
-            return Ok(BucketRecord {
-                created: v1.created,
-                anonymous_read: v1.anonymous_read,
-                signing_key: v1.signing_key,
-                priority: v1.priority,
-                want_mass_query: true,
-            });
+        match bytes.get(kind.magic().len()) {
+            Some(1) => {
+                let v1: BucketRecordV1 = record::decode(kind, 1, bytes)?;
+                Ok(BucketRecord {
+                    created: v1.created,
+                    anonymous_read: v1.anonymous_read,
+                    signing_key: v1.signing_key,
+                    priority: v1.priority,
+                    want_mass_query: true,
+                    browse: false,
+                })
+            }
+            Some(2) => {
+                let v2: BucketRecordV2 = record::decode(kind, 2, bytes)?;
+                Ok(BucketRecord {
+                    created: v2.created,
+                    anonymous_read: v2.anonymous_read,
+                    signing_key: v2.signing_key,
+                    priority: v2.priority,
+                    want_mass_query: v2.want_mass_query,
+                    browse: false,
+                })
+            }
+            _ => record::decode(kind, BUCKET_RECORD_VERSION, bytes),
         }
-        record::decode(kind, BUCKET_RECORD_VERSION, bytes)
     }
 
     /// The `nix-cache-info` this bucket serves.
@@ -239,12 +274,16 @@ mod tests {
             signing_key: None,
             priority: 40,
             want_mass_query: false,
+            browse: true,
         };
-        assert_eq!(hex::encode(bucket.encode()), "4e47424b020101002800");
+        assert_eq!(hex::encode(bucket.encode()), "4e47424b03010100280001");
         assert_eq!(BucketRecord::decode(&bucket.encode()).unwrap(), bucket);
+        // Version 2 (no browse) is still read, as not browsing.
+        let v2 = BucketRecord::decode(&hex::decode("4e47424b020101002800").unwrap()).unwrap();
+        assert_eq!(v2, BucketRecord { browse: false, ..bucket.clone() });
         // Version 1 (no WantMassQuery) is still read, as wanting mass queries.
         let v1 = BucketRecord::decode(&hex::decode("4e47424b0101010028").unwrap()).unwrap();
-        assert_eq!(v1, BucketRecord { want_mass_query: true, ..bucket.clone() });
+        assert_eq!(v1, BucketRecord { want_mass_query: true, browse: false, ..bucket.clone() });
         assert_eq!(v1.nix_cache_info(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
         let pending = Pending { narinfo: "N".into() };
         assert_eq!(hex::encode(pending.encode()), "4e47504401014e");

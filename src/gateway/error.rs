@@ -50,6 +50,7 @@ pub fn internal(key: &str, cause: &dyn std::fmt::Display) -> S3Error {
 pub fn commit_error(key: &str, e: CommitError) -> S3Error {
     match e {
         CommitError::Backend(e) => backend_error(key, e),
+        CommitError::Render(e) => render_error(key, e),
         other => internal(key, &other),
     }
 }

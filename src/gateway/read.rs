@@ -7,6 +7,7 @@
 //! | `<storehash>.ls` | the NAR listing, rendered from the NAR record |
 //! | `nar/<narhash>.nar` | the NAR, rendered from its segment table and chunks |
 //! | `store/<storehash>-<name>.nar` | the same NAR under the store path's name |
+//! | `tree/<storehash>-<name>[/<path>]` | (buckets that browse) one file's span of the NAR, a symlink's target, an empty directory's marker |
 //! | anything else | the plain object, ranges straight through to the backend |
 //!
 //! Virtual keys are visible where the bucket's listing index has them, with the index entry's
@@ -34,7 +35,7 @@ use super::target::Target;
 use crate::backend::{Attributes, BackendError, ObjectMeta};
 use crate::cache::Cache;
 use crate::nix::nixbase32;
-use crate::render::{RenderError, SegmentTable};
+use crate::render::{RenderError, SegmentTable, TreeNode};
 
 /// The bucket and key of a GET or HEAD of an object, found when the route matched.
 #[derive(Debug, Clone)]
@@ -81,7 +82,16 @@ fn query_pairs(uri: &Uri) -> impl Iterator<Item = (String, String)> + '_ {
 struct Readable {
     meta: ObjectMeta,
     content_type: &'static str,
+    /// User metadata (`x-amz-meta-…`) and the like.
+    attributes: Attributes,
     body: Source,
+}
+
+impl Readable {
+    /// A readable object with no attributes of its own.
+    fn new(meta: ObjectMeta, content_type: &'static str, body: Source) -> Self {
+        Readable { meta, content_type, attributes: Attributes::default(), body }
+    }
 }
 
 /// Where a readable object's bytes come from.
@@ -90,6 +100,8 @@ enum Source {
     Bytes(Bytes),
     /// A rendered NAR, from its segment table.
     Nar(Arc<SegmentTable>),
+    /// A span of a rendered NAR (a file of a store path's tree) from this NAR offset.
+    NarSpan(Arc<SegmentTable>, u64),
 }
 
 impl Gateway {
@@ -127,7 +139,7 @@ impl Gateway {
         let range_header = header_range(&req.headers, whole_part);
         let plan = plan(&req.headers, &readable.meta, range_header)?;
         let mut response =
-            plan.response(&readable.meta, readable.content_type, &Attributes::default(), &overrides);
+            plan.response(&readable.meta, readable.content_type, &readable.attributes, &overrides);
         if head || plan.status == StatusCode::NOT_MODIFIED {
             return Ok(response);
         }
@@ -141,6 +153,10 @@ impl Gateway {
             }
             Source::Nar(table) => {
                 logged_io(&located.key, self.inner.renderer.range_of(table, range), RenderError::into_io)
+            }
+            Source::NarSpan(table, at) => {
+                let span = at + range.start..at + range.end;
+                logged_io(&located.key, self.inner.renderer.range_of(table, span), RenderError::into_io)
             }
         };
         response.output = sized_body(stream, plan.range.end - plan.range.start);
@@ -156,11 +172,11 @@ impl Gateway {
                 let Some(bucket) = cache.bucket_record().await.map_err(failed)? else {
                     return Err(not_found());
                 };
-                Ok(Readable {
-                    meta: Cache::nix_cache_info_meta(&bucket),
-                    content_type: "text/x-nix-cache-info",
-                    body: Source::Bytes(Bytes::from(bucket.0.nix_cache_info())),
-                })
+                Ok(Readable::new(
+                    Cache::nix_cache_info_meta(&bucket),
+                    "text/x-nix-cache-info",
+                    Source::Bytes(Bytes::from(bucket.0.nix_cache_info())),
+                ))
             }
             Target::NarInfo { store_hash } => {
                 let (visible, path) = tokio::join!(cache.visible(key), cache.path_info(&store_hash));
@@ -175,11 +191,7 @@ impl Gateway {
                     // The text changed (the bucket's signing key did): list it as it is now.
                     cache.replace_visible(&visible, size, &etag).await.map_err(failed)?
                 };
-                Ok(Readable {
-                    meta,
-                    content_type: "text/x-nix-narinfo",
-                    body: Source::Bytes(Bytes::from(text)),
-                })
+                Ok(Readable::new(meta, "text/x-nix-narinfo", Source::Bytes(Bytes::from(text))))
             }
             Target::Listing { store_hash } => {
                 let (visible, path) = tokio::join!(cache.visible(key), cache.path_info(&store_hash));
@@ -189,22 +201,18 @@ impl Gateway {
                 let listing =
                     self.inner.renderer.listing(&path.nar_hash).await.map_err(|e| render_error(key, e))?;
                 check_size(key, &visible, listing.len() as u64)?;
-                Ok(Readable {
-                    meta: visible.as_ref().clone(),
-                    content_type: "application/json",
-                    body: Source::Bytes(Bytes::from(listing)),
-                })
+                Ok(Readable::new(
+                    visible.as_ref().clone(),
+                    "application/json",
+                    Source::Bytes(Bytes::from(listing)),
+                ))
             }
             Target::Nar { nar_hash } => {
                 let (visible, table) = tokio::join!(cache.visible(key), self.inner.renderer.table(&nar_hash));
                 let visible = visible.map_err(failed)?.ok_or_else(not_found)?;
                 let table = table.map_err(|e| render_error(key, e))?;
                 check_size(key, &visible, table.nar_size())?;
-                Ok(Readable {
-                    meta: visible.as_ref().clone(),
-                    content_type: NAR_CONTENT_TYPE,
-                    body: Source::Nar(table),
-                })
+                Ok(Readable::new(visible.as_ref().clone(), NAR_CONTENT_TYPE, Source::Nar(table)))
             }
             Target::StoreNar { store_path } => {
                 let store_hash = store_path.hash_part();
@@ -219,11 +227,30 @@ impl Gateway {
                     self.inner.renderer.table(&path.nar_hash).await.map_err(|e| render_error(key, e))?;
                 check_size(key, &visible, table.nar_size())?;
                 tracing::debug!(%key, nar = %nixbase32::encode(&path.nar_hash), "store path alias");
-                Ok(Readable {
-                    meta: visible.as_ref().clone(),
-                    content_type: NAR_CONTENT_TYPE,
-                    body: Source::Nar(table),
-                })
+                Ok(Readable::new(visible.as_ref().clone(), NAR_CONTENT_TYPE, Source::Nar(table)))
+            }
+            Target::Tree { store_path, path } => {
+                let tree = cache
+                    .browse(&self.inner.renderer, &store_path)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(not_found)?;
+                let entry = tree.tree.get(&path).ok_or_else(not_found)?;
+                let mut attributes = Attributes::default();
+                let body = match &entry.node {
+                    TreeNode::File { executable, nar_offset, .. } => {
+                        if *executable {
+                            attributes.metadata.insert("executable".into(), "true".into());
+                        }
+                        Source::NarSpan(tree.tree.table().clone(), *nar_offset)
+                    }
+                    TreeNode::Symlink { target } => {
+                        attributes.metadata.insert("symlink-target".into(), header_text(target));
+                        Source::Bytes(Bytes::copy_from_slice(target))
+                    }
+                    TreeNode::EmptyDirectory => Source::Bytes(Bytes::new()),
+                };
+                Ok(Readable { meta: tree.meta(entry), content_type: DEFAULT_CONTENT_TYPE, attributes, body })
             }
             Target::NarUpload | Target::StoreView | Target::Plain => Err(not_found()),
         }
@@ -291,6 +318,20 @@ const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
 
 /// The content type of a plain object stored without one.
 const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
+
+/// `bytes` as a header value: printable ASCII as it is, every other byte and `%` as `%XX`.
+fn header_text(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
 
 /// A visible key's listed size must be what the gateway renders for it.
 fn check_size(key: &str, visible: &ObjectMeta, rendered: u64) -> S3Result<()> {
@@ -413,7 +454,8 @@ impl Plan {
             for (name, value) in &attributes.metadata {
                 // Checksums stored with the object are headers of their own, when asked for.
                 let header = match name.strip_prefix(super::body::CHECKSUM_PREFIX) {
-                    Some(_) if overrides.checksum_mode => name.clone(),
+                    // Whole-object checksums describe whole responses only (S3 omits them for ranges).
+                    Some(_) if overrides.checksum_mode && self.status == StatusCode::OK => name.clone(),
                     Some(_) => continue,
                     None => format!("x-amz-meta-{name}"),
                 };

@@ -79,7 +79,11 @@ impl Gateway {
             Some(n) => n as usize,
         };
         let query = ListQuery { prefix: prefix.unwrap_or_default(), delimiter, after, max_keys };
-        let listing = self.cache(bucket).list(&query).await.map_err(|e| commit_error(bucket, e))?;
+        let listing = self
+            .cache(bucket)
+            .list(&query, &self.inner.renderer)
+            .await
+            .map_err(|e| commit_error(bucket, e))?;
         listing.ok_or_else(|| s3_error!(NoSuchBucket))
     }
 }

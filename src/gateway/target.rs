@@ -29,10 +29,19 @@ pub enum Target {
         /// The store path.
         store_path: StorePath,
     },
+    /// `tree/<storehash>-<name>[/<path>]`: a file, symlink or empty directory of a store path
+    /// (the bucket setting `browse`; a read-only view).
+    Tree {
+        /// The store path.
+        store_path: StorePath,
+        /// The key after `tree/<storehash>-<name>`: empty, or starting with `/` (see
+        /// [`crate::render::tree`]).
+        path: String,
+    },
     /// Any other key under `nar/`: an upload key (`nar/<filehash>.nar.xz` …), whose NAR is
     /// ingested but which is not kept as an object.
     NarUpload,
-    /// Any other key under `store/`, a read-only view: names nothing.
+    /// Any other key under `store/` or `tree/`, read-only views: names nothing.
     StoreView,
     /// Anything else (`log/…`, `realisations/…`, …): a plain object, stored verbatim.
     Plain,
@@ -72,7 +81,20 @@ impl Target {
                 _ => Target::StoreView,
             };
         }
+        if let Some(rest) = key.strip_prefix("tree/") {
+            let (base, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+            return match StorePath::from_base_name(base) {
+                Ok(store_path) => Target::Tree { store_path, path: path.to_owned() },
+                Err(_) => Target::StoreView,
+            };
+        }
         Target::Plain
+    }
+
+    /// Whether this key is in a read-only view of store paths (`store/`, `tree/`), where writes
+    /// are a client's mistake (400).
+    pub fn is_read_only_view(&self) -> bool {
+        matches!(self, Target::StoreNar { .. } | Target::StoreView | Target::Tree { .. })
     }
 }
 
@@ -99,5 +121,15 @@ mod tests {
         assert_eq!(Target::of("log/abc-hello.drv"), Target::Plain);
         assert_eq!(Target::of("realisations/sha256:x!out.doi"), Target::Plain);
         assert_eq!(Target::of("nix-cache-info.bak"), Target::Plain);
+        let tree = |path: &str| Target::Tree {
+            store_path: StorePath::from_base_name(&format!("{hash}-hello")).unwrap(),
+            path: path.into(),
+        };
+        assert_eq!(Target::of(&format!("tree/{hash}-hello")), tree(""));
+        assert_eq!(Target::of(&format!("tree/{hash}-hello/")), tree("/"));
+        assert_eq!(Target::of(&format!("tree/{hash}-hello/bin/a b")), tree("/bin/a b"));
+        assert!(Target::of(&format!("tree/{hash}-hello/x")).is_read_only_view());
+        assert_eq!(Target::of("tree/"), Target::StoreView);
+        assert_eq!(Target::of("tree/x/y"), Target::StoreView);
     }
 }

@@ -8,6 +8,7 @@
 //! | `<storehash>.ls` | read and dropped (the served one is rendered) | nothing |
 //! | `nix-cache-info` | Priority / WantMassQuery become settings; another StoreDir → 400 | settings back to defaults |
 //! | `store/…` | 400: a read-only view | removes the store path |
+//! | `tree/…` | 400: a read-only view | 400 |
 //! | anything else | a plain object, stored verbatim | removes it |
 //!
 //! A write runs in a task of its own, so that once the body is in, the ingest and the commit
@@ -63,7 +64,7 @@ impl Gateway {
         upload: Upload,
     ) -> S3Result<Written> {
         let target = Target::of(key);
-        if matches!(target, Target::StoreNar { .. } | Target::StoreView) {
+        if target.is_read_only_view() {
             // Refused before the body is read.
             return Err(read_only());
         }
@@ -82,7 +83,7 @@ impl Gateway {
                     read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|b| Some(crate::cache::md5_hex(&b)))
                 }
                 Target::CacheInfo => gateway.put_cache_info(&cache, &key, body).await,
-                Target::StoreNar { .. } | Target::StoreView => Err(read_only()),
+                Target::StoreNar { .. } | Target::StoreView | Target::Tree { .. } => Err(read_only()),
             };
             // A body that failed says why, whatever its consumer made of the failure.
             if let Some(failure) = receipt.as_ref().and_then(Receipt::failure) {
@@ -204,6 +205,7 @@ impl Gateway {
                 settings.want_mass_query = defaults.want_mass_query;
                 cache.set_settings(&settings).await.map_err(failed)?;
             }
+            Target::Tree { .. } => return Err(read_only()),
             Target::Listing { .. } | Target::StoreView => {}
         }
         Ok(())
@@ -221,7 +223,7 @@ impl Gateway {
 
 /// The error of a write under a read-only view.
 fn read_only() -> S3Error {
-    s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths")
+    s3_error!(InvalidRequest, "store/ and tree/ are read-only views of the cache's store paths")
 }
 
 /// PUT of `<storehash>.narinfo`: decoded (`Content-Encoding`), parsed, then the commit protocol.

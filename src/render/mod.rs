@@ -2,6 +2,8 @@
 //!
 //! - [`segment`]: the segment table of a NAR (literal framing + content spans).
 //! - [`listing`]: the NAR listing (`<storehash>.ls`) of a NAR record, as Nix writes it.
+//! - [`tree`]: a store path's files, symlinks and empty directories as keys (`tree/…`), each
+//!   file with its span of the NAR.
 //! - [`stream`]: a byte range of a NAR as a stream of buffers, chunks fetched ahead concurrently.
 //! - [`reader`]: a NAR as `AsyncRead + AsyncSeek`.
 //!
@@ -13,6 +15,7 @@ pub mod listing;
 pub mod reader;
 pub mod segment;
 pub mod stream;
+pub mod tree;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use futures::stream::BoxStream;
 pub use reader::NarReader;
 pub use segment::{SegmentTable, TableError};
 pub use stream::StreamOptions;
+pub use tree::{StoreTree, TreeEntry, TreeError, TreeNode};
 
 use crate::backend::{self, BackendError};
 use crate::castore::nar_record::nar_record_key;
@@ -56,6 +60,9 @@ pub enum RenderError {
     /// The NAR listing cannot be rendered (a validated record's always can).
     #[error(transparent)]
     Listing(#[from] listing::ListingError),
+    /// The store path's tree cannot be built (a validated record's always can).
+    #[error(transparent)]
+    Tree(#[from] TreeError),
     /// The NAR record stored for one NarHash carries another.
     #[error("the NAR record of sha256:{wanted} is that of sha256:{found}")]
     WrongRecord {
@@ -122,7 +129,8 @@ async fn load_record(
 /// Settings of a [`Renderer`].
 #[derive(Debug, Clone, Copy)]
 pub struct RenderConfig {
-    /// Capacity of the segment-table cache, in bytes.
+    /// Capacity of the segment-table cache, in bytes; the cache of trees ([`Renderer::tree`]) has
+    /// the same.
     pub table_cache_bytes: u64,
     /// Chunks fetched ahead of the reader.
     pub read_ahead: usize,
@@ -161,6 +169,7 @@ impl RenderConfig {
 pub struct Renderer {
     chunks: ChunkStore,
     tables: moka::future::Cache<[u8; 32], Arc<SegmentTable>>,
+    trees: moka::future::Cache<[u8; 32], Arc<StoreTree>>,
     config: RenderConfig,
 }
 
@@ -177,7 +186,11 @@ impl Renderer {
             .weigher(|_k: &[u8; 32], t: &Arc<SegmentTable>| u32::try_from(t.weight()).unwrap_or(u32::MAX))
             .max_capacity(config.table_cache_bytes)
             .build();
-        Renderer { chunks, tables, config }
+        let trees = moka::future::Cache::builder()
+            .weigher(|_k: &[u8; 32], t: &Arc<StoreTree>| u32::try_from(t.weight()).unwrap_or(u32::MAX))
+            .max_capacity(config.table_cache_bytes)
+            .build();
+        Renderer { chunks, tables, trees, config }
     }
 
     /// The segment table of the NAR with `nar_hash`: from the cache, or built from its record with
@@ -189,6 +202,30 @@ impl Renderer {
             .try_get_with(hash, async move {
                 let record = load_record(&backend, &hash).await?;
                 Ok::<_, RenderError>(Arc::new(SegmentTable::build(&record)?))
+            })
+            .await
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy()))
+    }
+
+    /// The tree (files as keys, see [`tree`]) of the NAR with `nar_hash`: from its own cache
+    /// (weighed like the segment tables, with the same capacity), or built from its record with
+    /// one backend GET (concurrent misses share it), its segment table taken from the table
+    /// cache or built from the same record and cached there too.
+    pub async fn tree(&self, nar_hash: &[u8; 32]) -> Result<Arc<StoreTree>, RenderError> {
+        let backend = self.chunks.backend().clone();
+        let (hash, tables) = (*nar_hash, self.tables.clone());
+        self.trees
+            .try_get_with(hash, async move {
+                let record = load_record(&backend, &hash).await?;
+                let table = match tables.get(&hash).await {
+                    Some(table) => table,
+                    None => {
+                        let table = Arc::new(SegmentTable::build(&record)?);
+                        tables.insert(hash, table.clone()).await;
+                        table
+                    }
+                };
+                Ok::<_, RenderError>(Arc::new(StoreTree::build(&record, table)?))
             })
             .await
             .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy()))

@@ -7,6 +7,7 @@
 pub mod garage;
 pub mod gateway;
 pub mod nix;
+pub mod rclone;
 
 use std::sync::Arc;
 

@@ -1,38 +1,22 @@
-//! The gateway as the benchmarks run it: `nargate serve` as a child process over a Garage
-//! bucket, clients for it and for Garage, and what the benchmarks measure of processes.
+//! The serving side of the benchmarks: `nargate serve` as a process, S3 clients of it and of
+//! Garage, and the figures' arithmetic.
 
 use std::io::{BufRead, BufReader};
+use std::ops::Range;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, ResponseChecksumValidation};
+use aws_sdk_s3::error::DisplayErrorContext;
 
-use crate::garage::Garage;
-
-/// The configuration of a gateway over `bucket` of `garage`, accepting the key pair `client`.
-pub fn gateway_toml(garage: &Garage, bucket: &str, client: (&str, &str)) -> String {
-    format!(
-        r#"
-[backend]
-type = "s3"
-endpoint = "{endpoint}"
-region = "garage"
-bucket = "{bucket}"
-path_style = true
-access_key_id = "{key_id}"
-secret_access_key = "{secret_key}"
-
-[credentials]
-access_key_id = "{client_id}"
-secret_access_key = "{client_secret}"
-"#,
-        endpoint = garage.endpoint,
-        key_id = garage.key_id,
-        secret_key = garage.secret_key,
-        client_id = client.0,
-        client_secret = client.1,
-    )
+/// An S3 endpoint and the bucket to read.
+#[derive(Clone)]
+pub struct Side {
+    /// The client.
+    pub client: Client,
+    /// The bucket.
+    pub bucket: String,
 }
 
 /// An aws-sdk-s3 client, path-style; `quickack`: over nargate's quick-ack pool (else the SDK's
@@ -51,11 +35,41 @@ pub fn client(endpoint: &str, region: &str, id: &str, secret: &str, quickack: bo
     Client::from_conf(config.build())
 }
 
+impl Side {
+    /// GETs `key` (or a range of it) and drains the body; returns its length.
+    pub async fn get(&self, key: &str, range: Option<Range<u64>>) -> u64 {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(r) = &range {
+            request = request.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let output = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {}/{key}: {}", self.bucket, DisplayErrorContext(&e)));
+        let mut body = output.body;
+        let mut n = 0;
+        while let Some(piece) = body.next().await {
+            n += piece.unwrap_or_else(|e| panic!("GET {}/{key}: {e}", self.bucket)).len() as u64;
+        }
+        if let Some(r) = range {
+            assert_eq!(n, r.end - r.start, "GET {}/{key} {r:?}", self.bucket);
+        }
+        n
+    }
+
+    /// The time of one GET.
+    pub async fn time(&self, key: &str, range: Option<Range<u64>>) -> Duration {
+        let start = Instant::now();
+        self.get(key, range).await;
+        start.elapsed()
+    }
+}
+
 /// `nargate serve` as a child process; killed when dropped (a panic included).
 pub struct GatewayProcess {
     /// The process.
     pub child: Child,
-    /// Where it serves.
+    /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
     _config: tempfile::NamedTempFile,
 }
@@ -125,49 +139,81 @@ pub fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// The parent of process `pid`, and its name.
-pub fn parent_and_name(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_owned();
-    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
-}
-
-/// The Garage server this process started (under its `sh` supervisor).
-pub fn garage_pid() -> u32 {
-    let me = std::process::id();
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let supervisors: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
-        .collect();
-    pids.into_iter()
-        .find(|&p| {
-            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
-        })
-        .expect("the Garage process")
-}
-
+/// The median of `v` (not empty).
 pub fn median(mut v: Vec<Duration>) -> Duration {
     assert!(!v.is_empty());
     v.sort();
     v[v.len() / 2]
 }
 
+/// `d` in milliseconds, for printing.
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Throughput of `bytes` in `d`.
 pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / f64::from(1 << 20) / d.as_secs_f64()
 }
 
+/// The load averages, for printing.
 pub fn loadavg() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// `nargate serve` as a process over the Garage bucket `bucket` (Garage's endpoint and key pair
+/// given), with a new client key pair: the process, and the pair's id and secret.
+pub async fn start_gateway(
+    endpoint: &str,
+    bucket: &str,
+    key_id: &str,
+    secret_key: &str,
+) -> (GatewayProcess, &'static str, String) {
+    let (client_id, client_secret) = ("nargate-bench", hex::encode(rand::random::<[u8; 24]>()));
+    let toml = format!(
+        r#"
+[backend]
+type = "s3"
+endpoint = "{endpoint}"
+region = "garage"
+bucket = "{bucket}"
+path_style = true
+access_key_id = "{key_id}"
+secret_access_key = "{secret_key}"
+
+[credentials]
+access_key_id = "{client_id}"
+secret_access_key = "{client_secret}"
+"#
+    );
+    let process = tokio::task::spawn_blocking(move || GatewayProcess::start(&toml)).await.unwrap();
+    (process, client_id, client_secret)
+}
+
+/// Ingests `nar` into the cache and commits a store path `<random hash>-<name>` for it, as an
+/// upload of the NAR and its narinfo would.
+pub async fn ingest_store_path(
+    store: &nargate::castore::ChunkStore,
+    cache: &nargate::cache::Cache,
+    name: &str,
+    nar: &[u8],
+) -> (nargate::ingest::Ingested, nargate::nix::narinfo::NarInfo) {
+    use nargate::nix::nixbase32;
+    let options = nargate::ingest::IngestOptions::default();
+    let ingested = nargate::ingest::ingest_nar(store, nar, &options).await.expect("ingest");
+    let record = &ingested.record;
+    cache.nar_landed(record).await.expect("NAR landed");
+    let hash = nixbase32::encode(&record.nar_hash);
+    let store_hash = nixbase32::encode(&rand::random::<[u8; 20]>());
+    let base = format!("{store_hash}-{name}");
+    let store_path = nargate::nix::store_path::StorePath::from_base_name(&base).unwrap();
+    let info = nargate::nix::narinfo::NarInfo::new(
+        store_path,
+        format!("nar/{hash}.nar"),
+        &record.nar_hash,
+        record.nar_size,
+    );
+    cache.narinfo_arrived(&store_hash, &info).await.expect("narinfo arrived");
+    (ingested, info)
 }
