@@ -366,8 +366,10 @@ async fn lists_abort_and_errors(backend: DynBackend) {
     assert!(listed.uploads().is_empty(), "{listed:?}");
 
     // store/ is a read-only view; an unknown bucket is NoSuchBucket.
-    let result = client.create_multipart_upload().bucket("mpu").key("store/x-y.nar").send().await;
-    assert_eq!(failure(result), (400, "InvalidRequest".into()));
+    for key in ["store/x-y.nar", "tree/0ajq4jh4ilbfzw8lhvgxcp0b5bsdr8al-a/b"] {
+        let result = client.create_multipart_upload().bucket("mpu").key(key).send().await;
+        assert_eq!(failure(result), (400, "InvalidRequest".into()), "{key}");
+    }
     let result = client.create_multipart_upload().bucket("nope").key("k").send().await;
     assert_eq!(failure(result), (404, "NoSuchBucket".into()));
 

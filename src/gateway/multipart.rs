@@ -9,8 +9,8 @@
 //! (InvalidPartOrder); the object's ETag is the MD5 of the parts' binary MD5s, hex, `-N`, which
 //! HEAD and GET of a plain object report too. UploadPart verifies Content-MD5 (BadDigest) and
 //! always answers the part's MD5 as its ETag; CreateMultipartUpload ignores a Content-MD5 (Nix ≥
-//! 2.33 sends the whole object's there with an empty body). Keys under `store/`, a read-only
-//! view, are refused at Create.
+//! 2.33 sends the whole object's there with an empty body). Keys under `store/` and `tree/`,
+//! read-only views, are refused at Create.
 //!
 //! A Complete runs in a task of its own, so it finishes even if the client goes away; a Complete
 //! of the same upload while one runs joins it, and one after it finished answers its ETag again
@@ -155,8 +155,8 @@ impl Gateway {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         self.existing(&input.bucket).await?;
-        if matches!(Target::of(&input.key), Target::StoreNar { .. } | Target::StoreView) {
-            return Err(s3_error!(InvalidRequest, "store/ is a read-only view of the cache's store paths"));
+        if Target::of(&input.key).is_read_only_view() {
+            return Err(super::write::read_only());
         }
         let cache = self.cache(&input.bucket);
         backend::validate_key(&cache.keys().raw(&input.key)).map_err(|e| backend_error(&input.key, e))?;
