@@ -67,6 +67,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES",
     "NARGATE_INGEST_ZSTD_LEVEL",
     "NARGATE_INGEST_UPLOAD_CONCURRENCY",
+    "NARGATE_UPLOADS_ABANDON_AFTER_SECS",
     "NARGATE_S3_ENDPOINT",
     "NARGATE_S3_REGION",
     "NARGATE_S3_BUCKET",
@@ -108,6 +109,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// How uploaded NARs are ingested, and the bounds on them.
     pub ingest: IngestConfig,
+    /// Multipart uploads.
+    pub uploads: UploadsConfig,
     /// Settings of buckets, by bucket name, applied at start.
     pub buckets: BTreeMap<String, BucketSettings>,
     /// A request body that sends nothing for this long fails with IncompleteBody (TOML
@@ -291,6 +294,22 @@ impl IngestConfig {
     }
 }
 
+/// Multipart uploads (`[uploads]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// How long a multipart upload nothing was written to is kept before the repair pass removes
+    /// its parts (TOML `abandon_after_secs`, `NARGATE_UPLOADS_ABANDON_AFTER_SECS`).
+    #[serde(rename = "abandon_after_secs", deserialize_with = "secs")]
+    pub abandon_after: Duration,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig { abandon_after: crate::cache::uploads::DEFAULT_ABANDON_AFTER }
+    }
+}
+
 /// Settings of one bucket (`[buckets.<name>]`); `None` leaves the stored setting as it is.
 pub use crate::cache::BucketSettings;
 
@@ -373,6 +392,7 @@ impl Default for Config {
             credentials: ClientCredentials::default(),
             cache: CacheConfig::default(),
             ingest: IngestConfig::default(),
+            uploads: UploadsConfig::default(),
             buckets: BTreeMap::new(),
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             repair_interval: DEFAULT_REPAIR_INTERVAL,
@@ -489,6 +509,10 @@ impl Config {
             chunk_cache_bytes: self.cache.chunk_cache_bytes,
             buckets: self.buckets.clone(),
             ingest: self.ingest_options(),
+            uploads: crate::cache::uploads::UploadOptions {
+                abandon_after: self.uploads.abandon_after,
+                ..Default::default()
+            },
             body_idle_timeout: self.body_idle_timeout,
         }
     }
@@ -556,6 +580,9 @@ impl Config {
             "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES" => self.ingest.xz_memory_limit_bytes = parse(value)?,
             "NARGATE_INGEST_ZSTD_LEVEL" => self.ingest.zstd_level = parse(value)?,
             "NARGATE_INGEST_UPLOAD_CONCURRENCY" => self.ingest.upload_concurrency = parse(value)?,
+            "NARGATE_UPLOADS_ABANDON_AFTER_SECS" => {
+                self.uploads.abandon_after = duration_from_secs(parse(value)?)?;
+            }
             "NARGATE_S3_ENDPOINT" => self.s3_mut().endpoint = Some(value.to_owned()),
             "NARGATE_S3_REGION" => self.s3_mut().region = value.to_owned(),
             "NARGATE_S3_BUCKET" => self.s3_mut().bucket = value.to_owned(),
@@ -805,6 +832,7 @@ mod tests {
         assert_eq!(config.ingest.zstd_level, 1);
         assert_eq!(config.ingest.upload_concurrency, 8);
         assert_eq!(format!("{:?}", config.ingest_options()), format!("{:?}", IngestOptions::default()));
+        assert_eq!(config.uploads.abandon_after, Duration::from_secs(24 * 60 * 60));
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         let s3 = S3BackendConfig::default().to_s3_config();
         assert_eq!(format!("{s3:?}"), format!("{:?}", S3Config::default()));
@@ -877,6 +905,8 @@ mod tests {
             xz_memory_limit_bytes = 30
             zstd_level = -3
             upload_concurrency = 2
+            [uploads]
+            abandon_after_secs = 3600
 
             [buckets.cache]
             anonymous_read = true
@@ -923,6 +953,7 @@ mod tests {
                 zstd_level: -3,
                 upload_concurrency: 2,
             },
+            uploads: UploadsConfig { abandon_after: Duration::from_secs(3600) },
             buckets: BTreeMap::from([
                 (
                     "cache".into(),
@@ -1016,6 +1047,7 @@ mod tests {
                 ("NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES", "15"),
                 ("NARGATE_INGEST_ZSTD_LEVEL", "16"),
                 ("NARGATE_INGEST_UPLOAD_CONCURRENCY", "17"),
+                ("NARGATE_UPLOADS_ABANDON_AFTER_SECS", "60"),
                 ("NARGATE_LOG", "debug"),
                 ("NARGATE_S3_REGION", ""),
                 ("OTHER", "x"),
@@ -1049,6 +1081,8 @@ mod tests {
             upload_concurrency: 17,
         };
         assert_eq!(config.ingest, expected);
+        assert_eq!(config.uploads.abandon_after, Duration::from_secs(60));
+        assert_eq!(config.gateway_options().uploads.abandon_after, Duration::from_secs(60));
     }
 
     #[test]
@@ -1123,6 +1157,7 @@ mod tests {
             ("domains = [\"a.example:9000\"]", "domains"),
             ("domains = [\"\"]", "domains"),
             ("[cache]\nmetadata_ttl_secs = -3", "metadata_ttl_secs"),
+            ("[uploads]\nabandon_after_secs = \"1d\"", "abandon_after_secs"),
             ("[cache]\ntable_cache_bytes = \"1G\"", "table_cache_bytes"),
             ("[backend]\ntype = \"s3\"", "backend.bucket"),
             ("[backend]\ntype = \"s3\"\nbucket = \"b\"\npath_style = \"yes\"", "path_style"),

@@ -260,7 +260,7 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     println!(
         "          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>"
     );
-    spawn_repair(backend.clone(), config.repair_interval);
+    spawn_repair(backend.clone(), config.repair_interval, config.uploads.abandon_after);
     let gateway = Gateway::new(backend, options);
     nargate::gateway::serve(listener, gateway, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -270,19 +270,27 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     Ok(())
 }
 
-/// `nargate repair`: one repair pass over every bucket.
+/// `nargate repair`: one repair pass over every bucket, and abandoned multipart uploads removed.
 async fn repair(store: &StoreArgs) -> Result<()> {
-    let (_, backend) = open_store(store).await?;
+    let (config, backend) = open_store(store).await?;
     let report = nargate::cache::repair_all(&backend).await.map_err(|e| Failure(e.to_string()))?;
+    let abandoned = nargate::cache::uploads::remove_abandoned(&backend, config.uploads.abandon_after)
+        .await
+        .map_err(|e| Failure(e.to_string()))?;
     println!(
-        "{} bucket(s), {} pending narinfo(s), {} store path(s) committed",
+        "{} bucket(s), {} pending narinfo(s), {} store path(s) committed, {abandoned} abandoned upload(s) removed",
         report.buckets, report.pending, report.committed
     );
     Ok(())
 }
 
-/// Runs the repair pass now, then every `interval`, for as long as the gateway serves.
-fn spawn_repair(backend: nargate::backend::DynBackend, interval: std::time::Duration) {
+/// Runs the repair pass now, then every `interval`, for as long as the gateway serves; each pass
+/// also removes the multipart uploads nothing was written to for `abandon_after`.
+fn spawn_repair(
+    backend: nargate::backend::DynBackend,
+    interval: std::time::Duration,
+    abandon_after: std::time::Duration,
+) {
     tokio::spawn(async move {
         loop {
             match nargate::cache::repair_all(&backend).await {
@@ -291,6 +299,11 @@ fn spawn_repair(backend: nargate::backend::DynBackend, interval: std::time::Dura
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("repair pass failed: {e}"),
+            }
+            match nargate::cache::uploads::remove_abandoned(&backend, abandon_after).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed abandoned multipart uploads"),
+                Err(e) => tracing::warn!("removing abandoned uploads failed: {e}"),
             }
             tokio::time::sleep(interval).await;
         }

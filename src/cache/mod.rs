@@ -14,6 +14,7 @@ mod remove;
 mod repair;
 pub mod tree;
 mod upload_key;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -301,6 +302,7 @@ impl Cache {
     /// record last, so that a crash half-way leaves a bucket that can be deleted again.
     pub async fn delete_bucket(&self) -> Result<(), CommitError> {
         let bucket_key = self.keys.bucket();
+        uploads::Uploads::new(self.backend.clone(), &self.bucket, &Default::default()).remove_all().await?;
         for object in backend::list_all(self.backend.as_ref(), self.keys.root()).await? {
             if object.key != bucket_key {
                 self.backend.delete(&object.key).await?;
@@ -601,12 +603,15 @@ impl Cache {
         if let Some(expected) = hex::decode(&got.meta.etag).ok().filter(|d| whole && d.len() == 16) {
             got.body = verify_md5(key, got.body, expected);
         }
+        uploads::report_etag(&mut got.meta, &mut got.attributes);
         Ok(got)
     }
 
     /// The metadata and attributes of the plain object `key`.
     pub async fn stat_plain(&self, key: &str) -> Result<(ObjectMeta, Attributes), BackendError> {
-        self.backend.stat(&self.plain_key(key)?).await
+        let (mut meta, mut attributes) = self.backend.stat(&self.plain_key(key)?).await?;
+        uploads::report_etag(&mut meta, &mut attributes);
+        Ok((meta, attributes))
     }
 
     /// Writes the plain object `key` from a stream (atomically; nothing held whole in memory).

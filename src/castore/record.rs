@@ -26,6 +26,10 @@ pub enum RecordKind {
     CacheNar,
     /// A client key pair (`credentials/<access key id>`).
     Credentials,
+    /// A multipart upload in progress (`uploads/<bucket>/<id>`).
+    Upload,
+    /// A finished multipart upload (`uploads/.completed/<bucket>/<id>`).
+    CompletedUpload,
     /// What an upload key of a cache names (`caches/<bucket>/uploadkeys/<key>`).
     UploadKey,
 }
@@ -43,6 +47,8 @@ impl RecordKind {
             RecordKind::Lock => b"NGLK",
             RecordKind::CacheNar => b"NGCN",
             RecordKind::Credentials => b"NGCR",
+            RecordKind::Upload => b"NGUP",
+            RecordKind::CompletedUpload => b"NGUC",
             RecordKind::UploadKey => b"NGUK",
         }
     }

@@ -90,7 +90,7 @@ async fn handle(
     let id = request_id();
     let response = match screen(gateway, &mut req).await {
         Ok(Some(response)) => response,
-        Ok(None) => s3.call(req.map(Body::from)).await?,
+        Ok(None) => super::multipart::one_xml_declaration(s3.call(req.map(Body::from)).await?),
         Err(e) => error_response(e),
     };
     Ok(with_request_id(response, &id))

@@ -8,12 +8,39 @@
 //! and preconditions, [`error`] maps the core's errors. The gateway calls the cache, the renderer
 //! and the ingest ([`write`] for PUT and DELETE, [`body`] for reading request bodies); it never reaches into the backend's keys.
 
+/// The [`Attributes`](crate::backend::Attributes) a PutObject or CreateMultipartUpload input
+/// sets (their fields share names, not a trait): `aws-chunked` is framing, never kept as a
+/// Content-Encoding; user-metadata names are lowercased, and the gateway's own (checksums, the
+/// multipart ETag) refused.
+macro_rules! client_attributes {
+    ($input:expr) => {{
+        let input = $input;
+        crate::backend::Attributes {
+            content_type: input.content_type.clone(),
+            content_encoding: super::s3::stored_encoding(input.content_encoding.as_deref()),
+            cache_control: input.cache_control.clone(),
+            content_disposition: input.content_disposition.clone(),
+            content_language: input.content_language.clone(),
+            metadata: input
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| !k.starts_with(super::body::CHECKSUM_PREFIX))
+                .filter(|(k, _)| crate::cache::uploads::client_metadata_allowed(k))
+                .collect(),
+        }
+    }};
+}
+
 pub mod auth;
 pub mod body;
 pub mod conditional;
 pub mod error;
 pub mod host;
 pub mod http;
+pub mod multipart;
 pub mod read;
 pub mod s3;
 pub mod target;
@@ -29,6 +56,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{Body, S3Request, S3Response, S3Result};
 
 use crate::backend::DynBackend;
+use crate::cache::uploads::{UploadError, UploadOptions};
 use crate::cache::{BucketSettings, Cache, MetaCache, MetaConfig};
 use crate::castore::ChunkStore;
 use crate::credentials::CredentialStore;
@@ -53,6 +81,8 @@ pub struct GatewayOptions {
     pub chunk_cache_bytes: u64,
     /// Settings that buckets created through S3 get, by bucket name.
     pub buckets: BTreeMap<String, BucketSettings>,
+    /// Multipart uploads.
+    pub uploads: UploadOptions,
     /// How uploaded NARs are ingested.
     pub ingest: IngestOptions,
     /// A request body that sends nothing for this long fails with IncompleteBody.
@@ -80,6 +110,9 @@ struct Inner {
     /// Secrets of key pairs, for the metadata TTL (misses are not kept).
     secrets: moka::future::Cache<String, String>,
     configured_buckets: BTreeMap<String, BucketSettings>,
+    uploads: UploadOptions,
+    /// The multipart Completes running in this gateway.
+    completes: multipart::Running,
     chunks: ChunkStore,
     ingest: IngestOptions,
     body_idle_timeout: Duration,
@@ -110,6 +143,8 @@ impl Gateway {
                 credentials: CredentialStore::new(backend.clone()),
                 secrets,
                 configured_buckets: options.buckets,
+                uploads: options.uploads,
+                completes: multipart::Running::default(),
                 backend,
             }),
         }
@@ -118,6 +153,13 @@ impl Gateway {
     /// The cache (bucket) named `bucket`, reading through the metadata cache.
     pub fn cache(&self, bucket: &str) -> Cache {
         Cache::with_meta(self.inner.backend.clone(), bucket, self.inner.meta.clone())
+    }
+
+    /// Removes the multipart uploads of every bucket that nothing was written to for the
+    /// configured grace period (`uploads.abandon_after_secs`); returns how many. For the periodic
+    /// repair pass.
+    pub async fn remove_abandoned_uploads(&self) -> Result<usize, UploadError> {
+        crate::cache::uploads::remove_abandoned(&self.inner.backend, self.inner.uploads.abandon_after).await
     }
 
     /// The secret of the key pair `access_key_id`, if there is one.

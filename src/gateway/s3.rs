@@ -16,11 +16,10 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
-use super::body::{CHECKSUM_PREFIX, Expected, receive};
+use super::body::{Expected, receive};
 use super::conditional::whole_seconds;
 use super::error::commit_error;
 use super::write::Upload;
-use crate::backend::Attributes;
 use crate::cache::{After, BucketRecord, ListQuery, Listing};
 
 /// The owner every bucket and object shows (the gateway has one tenant).
@@ -45,7 +44,7 @@ fn canned_anonymous_read(acl: &BucketCannedACL) -> S3Result<bool> {
 
 /// The Content-Encoding to keep with an object: `aws-chunked` is the upload's framing, never
 /// the object's.
-fn stored_encoding(encoding: Option<&str>) -> Option<String> {
+pub(super) fn stored_encoding(encoding: Option<&str>) -> Option<String> {
     let kept: Vec<&str> =
         encoding?.split(',').map(str::trim).filter(|e| !e.is_empty() && *e != "aws-chunked").collect();
     (!kept.is_empty()).then(|| kept.join(", "))
@@ -320,22 +319,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.existing(&input.bucket).await?;
         let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
-        let attributes = Attributes {
-            content_type: input.content_type.clone(),
-            content_encoding: stored_encoding(input.content_encoding.as_deref()),
-            cache_control: input.cache_control.clone(),
-            content_disposition: input.content_disposition.clone(),
-            content_language: input.content_language.clone(),
-            metadata: input
-                .metadata
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .filter(|(k, _)| !k.starts_with(CHECKSUM_PREFIX))
-                .chain(expected.header_checksums())
-                .collect(),
-        };
+        let mut attributes = client_attributes!(&input);
+        attributes.metadata.extend(expected.header_checksums());
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
         let upload = Upload { attributes, content_md5: None, receipt: Some(receipt) };
         let written = self.write_object(&input.bucket, &input.key, body, upload).await?;
@@ -359,21 +344,7 @@ impl S3 for Gateway {
         self.existing(&input.bucket).await?;
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let attributes = replace.then(|| Attributes {
-            content_type: input.content_type.clone(),
-            content_encoding: stored_encoding(input.content_encoding.as_deref()),
-            cache_control: input.cache_control.clone(),
-            content_disposition: input.content_disposition.clone(),
-            content_language: input.content_language.clone(),
-            metadata: input
-                .metadata
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .filter(|(k, _)| !k.starts_with(CHECKSUM_PREFIX))
-                .collect(),
-        });
+        let attributes = replace.then(|| client_attributes!(&input));
         let written = self.copy_into((src_bucket, src_key), (&input.bucket, &input.key), attributes).await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -383,6 +354,42 @@ impl S3 for Gateway {
             }),
             ..Default::default()
         }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.create_upload(req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.stage_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.complete_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.abort_upload(req).await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.list_upload_parts(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.list_uploads(req).await
     }
 
     async fn delete_object(

@@ -242,7 +242,7 @@ impl Gateway {
 }
 
 /// The error of a write under a read-only view.
-fn read_only() -> S3Error {
+pub(super) fn read_only() -> S3Error {
     s3_error!(InvalidRequest, "store/ and tree/ are read-only views of the cache's store paths")
 }
 

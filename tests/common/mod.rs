@@ -38,3 +38,13 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The (status, S3 error code) of an SDK call that must fail.
+pub fn failure<T: std::fmt::Debug, E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(
+    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> (u16, String) {
+    let err = result.expect_err("the call should fail");
+    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
+    (status, code)
+}
