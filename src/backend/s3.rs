@@ -86,6 +86,19 @@ macro_rules! send_dated {
             .map_err(|e| classify(Op::Put, $key, e))?;
         (out, date)
     }};
+    // A body sent unsigned (`UNSIGNED-PAYLOAD`): its Content-MD5 checks it, and a SHA-256 pass
+    // over every byte written is saved.
+    ($request:expr, $key:expr, unsigned_payload) => {{
+        let date = DateCapture::default();
+        let out = $request
+            .customize()
+            .disable_payload_signing()
+            .interceptor(date.clone())
+            .send()
+            .await
+            .map_err(|e| classify(Op::Put, $key, e))?;
+        (out, date)
+    }};
 }
 
 /// The [`Attributes`] of a GetObject or HeadObject response (their getters share names, not a
@@ -314,7 +327,7 @@ impl S3Backend {
             .key(full)
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
             .body(ByteStream::from(body));
-        let (out, date) = send_dated!(with_attributes!(request, attributes), key);
+        let (out, date) = send_dated!(with_attributes!(request, attributes), key, unsigned_payload);
         self.written(key, size, out.e_tag(), &md5, &date).await
     }
 
@@ -385,6 +398,8 @@ impl S3Backend {
                 .part_number(number)
                 .content_md5(base64::engine::general_purpose::STANDARD.encode(Md5::digest(&part)))
                 .body(ByteStream::from(part))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| classify(Op::Put, key, e))?;
