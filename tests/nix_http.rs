@@ -155,5 +155,33 @@ async fn nix_copies_to_the_gateway_and_back() {
             assert_eq!(String::from_utf8_lossy(&hash.stdout).trim(), format!("sha256:{nar_hash}"), "{path}");
             fresh.run_ok(&fresh.nix_store, ["--store", store.as_str(), "--verify-path", path.as_str()]);
         }
+
+        // `nix path-info` and `nix store cat` straight from the bucket, as from the fixture cache.
+        let fixture = format!("file://{}", fixtures().join("cache-none").display());
+        let single = paths.iter().find(|p| p.ends_with("-single-file")).unwrap();
+        for (args, what) in
+            [(vec!["path-info", "--json"], single.clone()), (vec!["store", "cat"], single.clone())]
+        {
+            let ask = |store: &str| {
+                let nix = Nix::new();
+                let mut all: Vec<&str> = args.clone();
+                all.extend(["--store", store, "--option", "netrc-file", netrc_arg.as_str(), what.as_str()]);
+                let out = tokio::task::block_in_place(|| nix.run_ok(&nix.nix, &all));
+                out.stdout
+            };
+            let (ours, theirs) = (ask(&url), ask(&fixture));
+            if args[0] == "path-info" {
+                let field = |json: &[u8], name: &str| {
+                    let text = String::from_utf8_lossy(json).into_owned();
+                    let at = text.find(&format!("\"{name}\"")).unwrap_or_else(|| panic!("{name} in {text}"));
+                    text[at..].split([',', '}']).next().unwrap().to_owned()
+                };
+                for name in ["narHash", "narSize", "ca"] {
+                    assert_eq!(field(&ours, name), field(&theirs, name), "nix path-info {name}");
+                }
+            } else {
+                assert!(ours == theirs && !ours.is_empty(), "nix store cat {what}");
+            }
+        }
     }
 }
