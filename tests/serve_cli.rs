@@ -34,11 +34,33 @@ impl Drop for Server {
     }
 }
 
-/// Starts `nargate serve --data <data> --listen 127.0.0.1:0` and reads what it prints: the
-/// endpoint and the key pair it generated.
+/// `nargate serve --data <data>`.
 fn serve(data: &Path) -> Server {
+    serve_with(&["--data", data.to_str().unwrap()])
+}
+
+/// `nargate serve` over a bucket of the test Garage (a config file in `dir`).
+fn serve_on_garage(dir: &Path) -> Server {
+    let garage = common::garage::garage();
+    let bucket = tokio::runtime::Runtime::new().unwrap().block_on(garage.create_bucket());
+    let config = garage.config(&bucket);
+    let toml = format!(
+        "[backend]\ntype = \"s3\"\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{bucket}\"\npath_style = true\n\
+         access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        garage.endpoint, config.region, garage.key_id, garage.secret_key
+    );
+    let file = dir.join("nargate.toml");
+    std::fs::write(&file, toml).unwrap();
+    serve_with(&["--config", file.to_str().unwrap()])
+}
+
+/// Starts `nargate serve <args> --listen 127.0.0.1:0` and reads what it prints: the endpoint
+/// and the key pair it generated.
+fn serve_with(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nargate"))
-        .args(["serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
         .env_remove("NARGATE_ACCESS_KEY_ID")
         .env_remove("NARGATE_SECRET_ACCESS_KEY")
         .stdout(Stdio::piped())
@@ -208,9 +230,19 @@ fn credentials_and_bucket_commands() {
 /// sends narinfos before NARs, and several at once) — reads it back, pages through it, and
 /// empties it with `aws s3 rm --recursive` until `aws s3 rb` succeeds.
 #[test]
-fn aws_cli_syncs_a_cache_in_and_empties_it() {
+fn aws_cli_syncs_a_cache_in_and_empties_it_on_fs() {
     let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path());
+    aws_cli_round_trip(&serve(data.path()));
+}
+
+/// The same over a real Garage.
+#[test]
+fn aws_cli_syncs_a_cache_in_and_empties_it_on_garage() {
+    let dir = tempfile::tempdir().unwrap();
+    aws_cli_round_trip(&serve_on_garage(dir.path()));
+}
+
+fn aws_cli_round_trip(server: &Server) {
     server.aws(&["s3", "mb", "s3://synced"]);
     let cache = fixtures().join("cache-xz");
     server.aws(&["s3", "sync", cache.to_str().unwrap(), "s3://synced"]);
