@@ -23,6 +23,7 @@
 
 mod common;
 use common::content;
+use common::serving::{cpu_of, garage_pid};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -113,43 +114,6 @@ fn options() -> IngestOptions {
         options.zstd_level = level.parse().expect("INGEST_BENCH_ZSTD_LEVEL: a zstd level");
     }
     options
-}
-
-/// CPU time (user + system) process `pid` has used.
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else { return Duration::ZERO };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
-/// The parent of process `pid`, and its name.
-fn parent_and_name(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_owned();
-    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
-}
-
-/// The Garage server this process started (under its `sh` supervisor).
-fn garage_pid() -> u32 {
-    let me = std::process::id();
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let supervisors: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
-        .collect();
-    pids.into_iter()
-        .find(|&p| {
-            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
-        })
-        .expect("the Garage process")
 }
 
 /// `nar` as an `AsyncRead` of [`PIECE`]-sized pieces.

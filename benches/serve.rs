@@ -17,7 +17,7 @@
 mod common;
 use common::content;
 use common::serving::{
-    Side, client, cpu_of, ingest_store_path, loadavg, median, mib_per_s, ms, start_gateway,
+    Side, client, cpu_of, garage_pid, ingest_store_path, loadavg, median, mib_per_s, ms, start_gateway,
 };
 
 use std::collections::HashSet;
@@ -128,34 +128,6 @@ impl Nar {
         let last = self.chunk_starts.partition_point(|&s| s < end);
         first..last.min(self.chunk_starts.len() - 1)
     }
-}
-
-/// The parent of process `pid`, and its name.
-fn parent_and_name(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_owned();
-    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
-}
-
-/// The Garage server this process started (under its `sh` supervisor).
-fn garage_pid() -> u32 {
-    let me = std::process::id();
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let supervisors: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
-        .collect();
-    pids.into_iter()
-        .find(|&p| {
-            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
-        })
-        .expect("the Garage process")
 }
 
 /// CPU used by the gateway, Garage and this process (the client).

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketCannedAcl, Delete, ObjectIdentifier};
-use common::gateway::{failure, fixture_nars, fixtures, start};
+use common::failure;
+use common::gateway::{fixture_nars, fixtures, start};
 use nargate::backend::DynBackend;
 use nargate::cache::md5_hex;
 use nargate::gateway::GatewayOptions;

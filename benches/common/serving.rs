@@ -217,3 +217,31 @@ pub async fn ingest_store_path(
     cache.narinfo_arrived(&store_hash, &info).await.expect("narinfo arrived");
     (ingested, info)
 }
+
+/// The parent of process `pid`, and its name.
+pub fn parent_and_name(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
+}
+
+/// The Garage server this process started (under its `sh` supervisor).
+pub fn garage_pid() -> u32 {
+    let me = std::process::id();
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let supervisors: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| parent_and_name(p).is_some_and(|(parent, _)| parent == me))
+        .collect();
+    pids.into_iter()
+        .find(|&p| {
+            parent_and_name(p).is_some_and(|(parent, name)| supervisors.contains(&parent) && name == "garage")
+        })
+        .expect("the Garage process")
+}

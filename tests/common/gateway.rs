@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use nargate::backend::DynBackend;
 use nargate::cache::{BucketRecord, BucketSettings, Cache};
 use nargate::castore::ChunkStore;
@@ -203,14 +202,4 @@ pub fn fixture_nars() -> Vec<(String, String, Vec<u8>)> {
 pub async fn chunk_count(backend: &DynBackend, nar_hash: &str) -> usize {
     let bytes = nargate::backend::get_bytes(backend.as_ref(), &format!("nars/{nar_hash}")).await.unwrap();
     nargate::castore::NarRecord::decode(&bytes).unwrap().chunks.len()
-}
-
-/// The (status, S3 error code) of a failed SDK call.
-pub fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
-) -> (u16, String) {
-    let err = result.expect_err("the call should fail");
-    let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
-    (status, code)
 }
