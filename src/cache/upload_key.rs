@@ -20,7 +20,8 @@ impl Cache {
         }
     }
 
-    /// The NAR `record` was uploaded at `key`.
+    /// The NAR `record` was uploaded at `key` (an upload key other than its own
+    /// `nar/<narhash>.nar`).
     pub async fn nar_uploaded_at(&self, key: &str, record: &NarRecord) -> Result<(), CommitError> {
         let Some(at) = self.upload_key_record(key) else { return Ok(()) };
         let named = UploadKey { nar_hash: record.nar_hash, nar_size: record.nar_size, landed: true };
@@ -44,7 +45,11 @@ impl Cache {
         nar_hash: &[u8; 32],
     ) -> Result<(), CommitError> {
         let Some(at) = self.upload_key_record(&info.url) else { return Ok(()) };
-        match self.upload_key(&info.url).await? {
+        let named = match self.upload_key(&info.url).await? {
+            Some(named) => Some(named),
+            None => self.held_at_canonical_key(&info.url).await?,
+        };
+        match named {
             Some(named) if named.landed => {
                 if named.nar_hash != *nar_hash || named.nar_size != info.nar_size {
                     return Err(CommitError::UploadMismatch {
@@ -63,6 +68,22 @@ impl Cache {
                 Ok(())
             }
         }
+    }
+
+    /// What `nar/<narhash>.nar` names when this cache holds that NAR: the NAR itself (no record
+    /// is kept for these keys; the NAR's own entry says it all).
+    async fn held_at_canonical_key(&self, key: &str) -> Result<Option<UploadKey>, CommitError> {
+        let nar_hash = key
+            .strip_prefix("nar/")
+            .and_then(|k| k.strip_suffix(".nar"))
+            .and_then(|h| nixbase32::decode(h).ok())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        let Some(nar_hash) = nar_hash else { return Ok(None) };
+        Ok(self.cache_nar(&nar_hash).await?.map(|held| UploadKey {
+            nar_hash,
+            nar_size: held.nar_size,
+            landed: true,
+        }))
     }
 
     /// The backend key of the record of upload key `key`: only `nar/…` keys are upload keys, and

@@ -126,11 +126,6 @@ pub fn value_of<'a>(checksum: &'a Checksum, alg: &str) -> Option<&'a str> {
 /// What a whole body turned out to be.
 #[derive(Debug, Clone)]
 pub struct Received {
-    /// Bytes received.
-    pub size: u64,
-    /// Their MD5, when `Content-MD5` asked for it to be checked (whoever consumes the body
-    /// knows it otherwise: the backend, the ingest).
-    pub md5: Option<[u8; 16]>,
     /// The checksums the client asked for, computed (base64).
     pub checksum: Checksum,
 }
@@ -240,7 +235,6 @@ struct Receiving {
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     md5: Option<md5::Md5>,
-    size: u64,
     hashers: Vec<(&'static str, Hasher)>,
     expected: Expected,
     receipt: Receipt,
@@ -262,7 +256,6 @@ pub fn receive(
         idle,
         timer: None,
         md5: expected.content_md5.map(|_| md5::Md5::new()),
-        size: 0,
         hashers,
         expected,
         receipt: receipt.clone(),
@@ -284,6 +277,7 @@ impl Receiving {
 
     /// The body ended: every digest checked.
     fn finish(&mut self) -> Result<Received, BodyError> {
+        // MD5 is computed only to check a Content-MD5 (the backend and the ingest know it).
         let md5: Option<[u8; 16]> = self.md5.take().map(|h| h.finalize().into());
         if md5.is_some() && md5 != self.expected.content_md5 {
             return Err(BodyError::ContentMd5);
@@ -307,7 +301,7 @@ impl Receiving {
             }
             set_value(&mut computed, alg, value);
         }
-        Ok(Received { size: self.size, md5, checksum: computed })
+        Ok(Received { checksum: computed })
     }
 }
 
@@ -338,7 +332,6 @@ impl Stream for Receiving {
                 for (_, hasher) in &mut this.hashers {
                     hasher.update(&piece);
                 }
-                this.size += piece.len() as u64;
                 Poll::Ready(Some(Ok(piece)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -80,7 +80,7 @@ impl Gateway {
                 Target::Nar { .. } | Target::NarUpload => gateway.put_nar(&cache, &key, target, body).await,
                 Target::NarInfo { store_hash } => put_narinfo(&cache, &key, &store_hash, body, &upload).await,
                 Target::Listing { .. } => {
-                    read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|b| Some(crate::cache::md5_hex(&b)))
+                    read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|b| crate::cache::md5_hex(&b))
                 }
                 Target::CacheInfo => gateway.put_cache_info(&cache, &key, body).await,
                 Target::StoreNar { .. } | Target::StoreView | Target::Tree { .. } => Err(read_only()),
@@ -89,13 +89,11 @@ impl Gateway {
             if let Some(failure) = receipt.as_ref().and_then(Receipt::failure) {
                 return Err(failure.to_s3());
             }
-            // The ETag is the stored object's (a plain object's, as HEAD will show it), else the
-            // MD5 of the bytes received.
+            // The ETag is the stored object's (a plain object's, as HEAD will show it), or the MD5
+            // of the bytes received.
             let etag = result?;
-            let received = receipt.and_then(|r| r.outcome()).and_then(Result::ok);
-            let checksum = received.as_ref().map(|r| r.checksum.clone()).unwrap_or_default();
-            let etag = etag.or_else(|| received.and_then(|r| r.md5).map(hex::encode)).unwrap_or_default();
-            Ok(Written { etag, checksum })
+            let checksum = receipt.and_then(|r| r.outcome()).and_then(Result::ok).map(|r| r.checksum);
+            Ok(Written { etag, checksum: checksum.unwrap_or_default() })
         });
         task.await.map_err(|e| internal(&logged, &e))?
     }
@@ -107,21 +105,15 @@ impl Gateway {
         key: &str,
         body: ByteStream,
         upload: Upload,
-    ) -> S3Result<Option<String>> {
+    ) -> S3Result<String> {
         let options = PutOptions { attributes: upload.attributes, content_md5: upload.content_md5 };
         let written = cache.put_plain(key, body, options).await.map_err(|e| backend_error(key, e))?;
-        Ok(Some(written.etag))
+        Ok(written.etag)
     }
 
     /// PUT of a NAR (plain or compressed): ingested, checked against what its key (or a narinfo
     /// naming the key) says it is, then made visible and committed with waiting narinfos.
-    async fn put_nar(
-        &self,
-        cache: &Cache,
-        key: &str,
-        target: Target,
-        body: ByteStream,
-    ) -> S3Result<Option<String>> {
+    async fn put_nar(&self, cache: &Cache, key: &str, target: Target, body: ByteStream) -> S3Result<String> {
         let named = cache.upload_key(key).await.map_err(|e| commit_error(key, e))?;
         let expected = named.filter(|n| !n.landed);
         let options = IngestOptions {
@@ -147,7 +139,9 @@ impl Gateway {
             ));
         }
         let canonical = format!("nar/{}.nar", crate::nix::nixbase32::encode(&record.nar_hash));
-        cache.nar_uploaded_at(key, record).await.map_err(|e| commit_error(key, e))?;
+        if key != canonical {
+            cache.nar_uploaded_at(key, record).await.map_err(|e| commit_error(key, e))?;
+        }
         let committed = cache.nar_landed(record).await.map_err(|e| commit_error(key, e))?;
         tracing::info!(
             %key,
@@ -158,11 +152,11 @@ impl Gateway {
             committed = committed.len(),
             "NAR ingested"
         );
-        Ok(Some(hex::encode(ingested.received.md5.unwrap_or_default())))
+        Ok(hex::encode(ingested.received.md5.unwrap_or_default()))
     }
 
     /// PUT of `nix-cache-info`: its Priority and WantMassQuery become the bucket's settings.
-    async fn put_cache_info(&self, cache: &Cache, key: &str, body: ByteStream) -> S3Result<Option<String>> {
+    async fn put_cache_info(&self, cache: &Cache, key: &str, body: ByteStream) -> S3Result<String> {
         let bytes = read_small(key, body, MAX_SMALL_UPLOAD).await?;
         let info = CacheInfo::parse(&bytes)
             .map_err(|e| S3Error::with_message(S3ErrorCode::InvalidRequest, e.to_string()))?;
@@ -174,7 +168,7 @@ impl Gateway {
             settings.want_mass_query = want;
         }
         cache.set_settings(&settings).await.map_err(|e| commit_error(key, e))?;
-        Ok(Some(crate::cache::md5_hex(&bytes)))
+        Ok(crate::cache::md5_hex(&bytes))
     }
 
     /// CopyObject: `dst_key` of `dst_bucket` written from the whole of `src_key` of
@@ -253,7 +247,7 @@ async fn put_narinfo(
     store_hash: &str,
     body: ByteStream,
     upload: &Upload,
-) -> S3Result<Option<String>> {
+) -> S3Result<String> {
     let bytes = read_small(key, body, MAX_NARINFO_LEN).await?;
     let etag = crate::cache::md5_hex(&bytes);
     let bytes = decode_content(bytes, upload.attributes.content_encoding.as_deref(), MAX_NARINFO_LEN).await?;
@@ -273,7 +267,7 @@ async fn put_narinfo(
         }
         Err(e) => return Err(commit_error(key, e)),
     }
-    Ok(Some(etag))
+    Ok(etag)
 }
 
 /// Reads a small upload whole: at most `limit` bytes, else EntityTooLarge.
