@@ -45,13 +45,17 @@ impl Cache {
         nar_hash: &[u8; 32],
     ) -> Result<(), CommitError> {
         let Some(at) = self.upload_key_record(&info.url) else { return Ok(()) };
-        let named = match self.upload_key(&info.url).await? {
+        let recorded = self.upload_key(&info.url).await?;
+        let is_recorded = recorded.is_some();
+        let named = match recorded {
             Some(named) => Some(named),
             None => self.held_at_canonical_key(&info.url).await?,
         };
         match named {
             Some(named) if named.landed => {
-                if named.nar_hash != *nar_hash || named.nar_size != info.nar_size {
+                // The size of a NAR held at its own key is the commit's to check (NarSizeMismatch).
+                let size_differs = is_recorded && named.nar_size != info.nar_size;
+                if named.nar_hash != *nar_hash || size_differs {
                     return Err(CommitError::UploadMismatch {
                         url: info.url.clone(),
                         narinfo_hash: nixbase32::encode(nar_hash),
