@@ -68,6 +68,8 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_INGEST_ZSTD_LEVEL",
     "NARGATE_INGEST_UPLOAD_CONCURRENCY",
     "NARGATE_UPLOADS_ABANDON_AFTER_SECS",
+    "NARGATE_GC_INTERVAL_SECS",
+    "NARGATE_GC_GRACE_SECS",
     "NARGATE_S3_ENDPOINT",
     "NARGATE_S3_REGION",
     "NARGATE_S3_BUCKET",
@@ -111,6 +113,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Multipart uploads.
     pub uploads: UploadsConfig,
+    /// Garbage collection on a schedule.
+    pub gc: GcConfig,
     /// Settings of buckets, by bucket name, applied at start.
     pub buckets: BTreeMap<String, BucketSettings>,
     /// A request body that sends nothing for this long fails with IncompleteBody (TOML
@@ -310,6 +314,27 @@ impl Default for UploadsConfig {
     }
 }
 
+/// Garbage collection run by `serve` (`[gc]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// How often `serve` runs a GC (zero: never; `nargate gc` runs one by hand). Of several
+    /// gateways over one store, one GC runs at a time: the others find the lock and skip
+    /// their turn (TOML `interval_secs`, `NARGATE_GC_INTERVAL_SECS`).
+    #[serde(rename = "interval_secs", deserialize_with = "secs")]
+    pub interval: Duration,
+    /// Nothing written less than this long before a GC starts is removed (TOML `grace_secs`,
+    /// `NARGATE_GC_GRACE_SECS`).
+    #[serde(rename = "grace_secs", deserialize_with = "secs")]
+    pub grace: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { interval: Duration::ZERO, grace: crate::gc::DEFAULT_GRACE }
+    }
+}
+
 /// Settings of one bucket (`[buckets.<name>]`); `None` leaves the stored setting as it is.
 pub use crate::cache::BucketSettings;
 
@@ -393,6 +418,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             ingest: IngestConfig::default(),
             uploads: UploadsConfig::default(),
+            gc: GcConfig::default(),
             buckets: BTreeMap::new(),
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             repair_interval: DEFAULT_REPAIR_INTERVAL,
@@ -583,6 +609,8 @@ impl Config {
             "NARGATE_UPLOADS_ABANDON_AFTER_SECS" => {
                 self.uploads.abandon_after = duration_from_secs(parse(value)?)?;
             }
+            "NARGATE_GC_INTERVAL_SECS" => self.gc.interval = duration_from_secs(parse(value)?)?,
+            "NARGATE_GC_GRACE_SECS" => self.gc.grace = duration_from_secs(parse(value)?)?,
             "NARGATE_S3_ENDPOINT" => self.s3_mut().endpoint = Some(value.to_owned()),
             "NARGATE_S3_REGION" => self.s3_mut().region = value.to_owned(),
             "NARGATE_S3_BUCKET" => self.s3_mut().bucket = value.to_owned(),
@@ -907,12 +935,16 @@ mod tests {
             upload_concurrency = 2
             [uploads]
             abandon_after_secs = 3600
+            [gc]
+            interval_secs = 7200
+            grace_secs = 600
 
             [buckets.cache]
             anonymous_read = true
             priority = 30
             want_mass_query = false
             browse = true
+            retention_secs = 2592000
 
             [buckets.private]
             "#,
@@ -954,6 +986,7 @@ mod tests {
                 upload_concurrency: 2,
             },
             uploads: UploadsConfig { abandon_after: Duration::from_secs(3600) },
+            gc: GcConfig { interval: Duration::from_secs(7200), grace: Duration::from_secs(600) },
             buckets: BTreeMap::from([
                 (
                     "cache".into(),
@@ -962,6 +995,7 @@ mod tests {
                         priority: Some(30),
                         want_mass_query: Some(false),
                         browse: Some(true),
+                        retention_secs: Some(2_592_000),
                     },
                 ),
                 ("private".into(), BucketSettings::default()),

@@ -12,6 +12,7 @@
 //! - [`config`]: the TOML configuration of `nargate serve` and its `NARGATE_*` overrides.
 //! - [`credentials`]: the client key pairs every gateway over one backend accepts.
 //! - [`gateway`]: the S3 front end (`nargate serve`).
+//! - [`gc`]: garbage collection, retention, verification and statistics of a store.
 
 pub mod backend;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod castore;
 pub mod config;
 pub mod credentials;
 pub mod gateway;
+pub mod gc;
 pub mod ingest;
 pub mod nix;
 pub mod render;

@@ -95,6 +95,20 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Remove what nothing reaches any more (chunks and NAR records no bucket uses, expired
+    /// leases, stale listing entries, abandoned uploads) and the store paths past their bucket's
+    /// retention; safe while gateways serve and ingest.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Spare everything written less than this long before the GC starts (`90s`, `15m`,
+        /// `24h`, `7d`).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +147,10 @@ struct BucketFlags {
     /// alone means true).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     browse: Option<bool>,
+    /// GC removes store paths uploaded longer ago than this (`30d`, `12h`; `0` keeps them for
+    /// ever), but for those a kept path references.
+    #[arg(long, value_parser = parse_duration)]
+    retention: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +174,30 @@ enum BucketAction {
         /// The bucket's name.
         name: String,
     },
+}
+
+mod maintenance;
+
+/// Parses a duration as the command line takes it: a number with an optional unit, `s`, `m`,
+/// `h`, `d` or `w` (seconds without one).
+fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration such as 90s, 15m, 24h or 7d"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (s, m, h, d or w)")),
+    };
+    number
+        .checked_mul(unit)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Errors of the command line: a message for the user.
@@ -192,6 +234,7 @@ async fn main() -> std::process::ExitCode {
         Command::Credentials { store, action } => credentials(&store, action).await,
         Command::Bucket { store, action } => bucket(&store, action).await,
         Command::Repair { store } => repair(&store).await,
+        Command::Gc { store, grace, dry_run } => maintenance::gc(&store, grace, dry_run).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -261,6 +304,7 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
         "          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>"
     );
     spawn_repair(backend.clone(), config.repair_interval, config.uploads.abandon_after);
+    maintenance::spawn_gc(backend.clone(), &config);
     let gateway = Gateway::new(backend, options);
     nargate::gateway::serve(listener, gateway, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -443,6 +487,10 @@ async fn bucket(store: &StoreArgs, action: BucketAction) -> Result<()> {
         println!("  priority:        {}", record.priority);
         println!("  WantMassQuery:   {}", record.want_mass_query);
         println!("  browse (tree/):  {}", record.browse);
+        match record.retention_secs {
+            0 => println!("  retention:       none (store paths are kept until deleted)"),
+            secs => println!("  retention:       {}", maintenance::show_duration(secs)),
+        }
         match &record.signing_key {
             Some(key) => {
                 let key: SecretKey = key.parse().map_err(|e| Failure(format!("{e}")))?;
@@ -486,6 +534,7 @@ impl BucketFlags {
             priority: self.priority,
             want_mass_query: self.want_mass_query,
             browse: self.browse,
+            retention_secs: self.retention.map(|d| d.as_secs()),
         }
     }
 }

@@ -53,6 +53,7 @@ async fn either_order_commits(backend: DynBackend) {
             priority: 30,
             want_mass_query: true,
             browse: false,
+            retention_secs: 0,
         })
         .await
         .unwrap();

@@ -299,6 +299,39 @@ pub async fn list_all(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectM
     }
 }
 
+/// The pages of a listing of every object under a prefix, one LIST at a time, so that a pass over
+/// millions of keys holds one page in memory.
+#[derive(Debug)]
+pub struct Pages<'a> {
+    backend: &'a dyn Backend,
+    request: ListRequest,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    /// The pages of the objects under `prefix`.
+    pub fn new(backend: &'a dyn Backend, prefix: &str) -> Self {
+        Pages {
+            backend,
+            request: ListRequest { prefix: prefix.to_owned(), ..Default::default() },
+            done: false,
+        }
+    }
+
+    /// The next page's objects, or `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<ObjectMeta>>, BackendError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.backend.list(&self.request).await?;
+        match page.next_continuation_token {
+            Some(token) => self.request.continuation_token = Some(token),
+            None => self.done = true,
+        }
+        Ok(Some(page.objects))
+    }
+}
+
 /// The byte range of an object of `size` bytes that a GET of `range` returns: all of it for
 /// `None`, else `range` with its end clamped to the object's end. A range that is empty, or starts
 /// at or beyond the end (so any range of an empty object), is [`BackendError::InvalidRange`], as

@@ -8,9 +8,9 @@ use crate::castore::record::{self, RecordError, RecordKind};
 /// The version of every record in this module but the bucket record.
 pub const CACHE_RECORDS_VERSION: u8 = 1;
 
-/// The version of the bucket record (version 1 had no `want_mass_query`, version 2 no `browse`;
-/// both are still read).
-pub const BUCKET_RECORD_VERSION: u8 = 3;
+/// The version of the bucket record (version 1 had no `want_mass_query`, version 2 no `browse`,
+/// version 3 no `retention_secs`; all are still read).
+pub const BUCKET_RECORD_VERSION: u8 = 4;
 
 /// A bucket's settings (`caches/<bucket>/bucket`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,9 @@ pub struct BucketRecord {
     pub want_mass_query: bool,
     /// Whether every store path's files are objects under `tree/<hash>-<name>/`.
     pub browse: bool,
+    /// GC removes store paths uploaded longer ago than this many seconds, but for those a kept
+    /// path references (0: kept for ever).
+    pub retention_secs: u64,
 }
 
 /// Settings to change in a bucket record (from the configuration or the command line); `None`
@@ -42,6 +45,9 @@ pub struct BucketSettings {
     pub want_mass_query: Option<bool>,
     /// Whether every store path's files are objects under `tree/<hash>-<name>/`.
     pub browse: Option<bool>,
+    /// GC removes store paths uploaded longer ago than this many seconds, but for those a kept
+    /// path references (0: kept for ever).
+    pub retention_secs: Option<u64>,
 }
 
 /// The bucket record as version 1 wrote it.
@@ -63,6 +69,17 @@ struct BucketRecordV2 {
     want_mass_query: bool,
 }
 
+/// The bucket record as version 3 wrote it.
+#[derive(Deserialize)]
+struct BucketRecordV3 {
+    created: u64,
+    anonymous_read: bool,
+    signing_key: Option<String>,
+    priority: u32,
+    want_mass_query: bool,
+    browse: bool,
+}
+
 impl BucketRecord {
     /// The settings of a new bucket created now: private, unsigned, priority 40, mass queries, no
     /// browsing.
@@ -74,6 +91,7 @@ impl BucketRecord {
             priority: 40,
             want_mass_query: true,
             browse: false,
+            retention_secs: 0,
         }
     }
 
@@ -92,6 +110,9 @@ impl BucketRecord {
         if let Some(v) = settings.browse {
             self.browse = v;
         }
+        if let Some(v) = settings.retention_secs {
+            self.retention_secs = v;
+        }
         *self != before
     }
 
@@ -100,8 +121,8 @@ impl BucketRecord {
         record::encode(RecordKind::Bucket, BUCKET_RECORD_VERSION, self)
     }
 
-    /// Reads the record, of version 3, 2 (which does not browse) or 1 (which wants mass queries
-    /// and does not browse).
+    /// Reads the record, of version 4, 3 (which keeps paths for ever), 2 (which also does not
+    /// browse) or 1 (which also wants mass queries).
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let kind = RecordKind::Bucket;
         match bytes.get(kind.magic().len()) {
@@ -114,6 +135,7 @@ impl BucketRecord {
                     priority: v1.priority,
                     want_mass_query: true,
                     browse: false,
+                    retention_secs: 0,
                 })
             }
             Some(2) => {
@@ -125,6 +147,19 @@ impl BucketRecord {
                     priority: v2.priority,
                     want_mass_query: v2.want_mass_query,
                     browse: false,
+                    retention_secs: 0,
+                })
+            }
+            Some(3) => {
+                let v3: BucketRecordV3 = record::decode(kind, 3, bytes)?;
+                Ok(BucketRecord {
+                    created: v3.created,
+                    anonymous_read: v3.anonymous_read,
+                    signing_key: v3.signing_key,
+                    priority: v3.priority,
+                    want_mass_query: v3.want_mass_query,
+                    browse: v3.browse,
+                    retention_secs: 0,
                 })
             }
             _ => record::decode(kind, BUCKET_RECORD_VERSION, bytes),
@@ -275,15 +310,22 @@ mod tests {
             priority: 40,
             want_mass_query: false,
             browse: true,
+            retention_secs: 300,
         };
-        assert_eq!(hex::encode(bucket.encode()), "4e47424b03010100280001");
+        assert_eq!(hex::encode(bucket.encode()), "4e47424b04010100280001ac02");
         assert_eq!(BucketRecord::decode(&bucket.encode()).unwrap(), bucket);
+        // Version 3 (no retention) is still read, as keeping paths for ever.
+        let v3 = BucketRecord::decode(&hex::decode("4e47424b03010100280001").unwrap()).unwrap();
+        assert_eq!(v3, BucketRecord { retention_secs: 0, ..bucket.clone() });
         // Version 2 (no browse) is still read, as not browsing.
         let v2 = BucketRecord::decode(&hex::decode("4e47424b020101002800").unwrap()).unwrap();
-        assert_eq!(v2, BucketRecord { browse: false, ..bucket.clone() });
+        assert_eq!(v2, BucketRecord { browse: false, retention_secs: 0, ..bucket.clone() });
         // Version 1 (no WantMassQuery) is still read, as wanting mass queries.
         let v1 = BucketRecord::decode(&hex::decode("4e47424b0101010028").unwrap()).unwrap();
-        assert_eq!(v1, BucketRecord { want_mass_query: true, browse: false, ..bucket.clone() });
+        assert_eq!(
+            v1,
+            BucketRecord { want_mass_query: true, browse: false, retention_secs: 0, ..bucket.clone() }
+        );
         assert_eq!(v1.nix_cache_info(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
         let pending = Pending { narinfo: "N".into() };
         assert_eq!(hex::encode(pending.encode()), "4e47504401014e");

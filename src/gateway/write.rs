@@ -26,7 +26,8 @@ use super::error::{backend_error, commit_error, ingest_error, internal};
 use super::target::Target;
 use crate::backend::{Attributes, BackendError, ByteStream, PutOptions};
 use crate::cache::{BucketRecord, Cache, CommitError, NarInfoOutcome};
-use crate::ingest::{Compression, IngestOptions, ingest_nar};
+use crate::castore::lease::Lease;
+use crate::ingest::{Compression, IngestOptions, ingest_nar_under, take_lease};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::{MAX_NARINFO_LEN, NarInfo};
 
@@ -123,8 +124,28 @@ impl Gateway {
             ..self.inner.ingest.clone()
         };
         let reader = tokio_util::io::StreamReader::new(body.map_err(std::io::Error::other));
-        let ingested =
-            ingest_nar(&self.inner.chunks, reader, &options).await.map_err(|e| ingest_error(key, e))?;
+        // The lease covers the commit too: GC must not take the NAR record for garbage before the
+        // cache says it holds the NAR.
+        let lease = take_lease(&self.inner.chunks, &options).await.map_err(|e| ingest_error(key, e))?;
+        let landed = self.land_nar(cache, key, target, reader, &options, &lease).await;
+        // A lease left behind only delays GC until it expires: not worth failing the upload for.
+        let _ = lease.release().await;
+        landed
+    }
+
+    /// The part of [`put_nar`](Self::put_nar) under its lease: ingest, check, commit.
+    async fn land_nar<R: tokio::io::AsyncRead + Unpin + Send>(
+        &self,
+        cache: &Cache,
+        key: &str,
+        target: Target,
+        reader: R,
+        options: &IngestOptions,
+        lease: &Lease,
+    ) -> S3Result<String> {
+        let ingested = ingest_nar_under(&self.inner.chunks, reader, options, lease)
+            .await
+            .map_err(|e| ingest_error(key, e))?;
         let record = &ingested.record;
         if let Target::Nar { nar_hash } = target
             && ingested.compression == Compression::None

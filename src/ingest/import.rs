@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{IngestError, IngestOptions, Ingested, ingest_nar};
+use super::{IngestError, IngestOptions, Ingested, ingest_nar_under, take_lease};
 use crate::cache::{Cache, CommitError};
 use crate::castore::ChunkStore;
 use crate::nix::narinfo::{NarInfo, NarInfoError};
@@ -84,8 +84,15 @@ pub async fn import_path(
         expected_nar_size: Some(info.nar_size),
         ..Default::default()
     };
-    let ingested = ingest_nar(store, file, &options).await.map_err(failed)?;
-    cache.nar_landed(&ingested.record).await?;
-    cache.narinfo_arrived(&info.store_path.hash_part(), info).await?;
-    Ok(ingested)
+    // The lease covers the commit too (see [`ingest_nar`]).
+    let lease = take_lease(store, &options).await.map_err(failed)?;
+    let imported = async {
+        let ingested = ingest_nar_under(store, file, &options, &lease).await.map_err(failed)?;
+        cache.nar_landed(&ingested.record).await?;
+        cache.narinfo_arrived(&info.store_path.hash_part(), info).await?;
+        Ok(ingested)
+    }
+    .await;
+    let _ = lease.release().await;
+    imported
 }

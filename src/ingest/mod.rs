@@ -52,7 +52,7 @@ use tree::TreeBuilder;
 use crate::backend::BackendError;
 use crate::castore::chunk::{PutOutcome, ZSTD_LEVEL, chunk_key};
 use crate::castore::directory::{Directory, DirectoryError, Node};
-use crate::castore::lease::Lease;
+use crate::castore::lease::{Lease, LeaseTimes};
 use crate::castore::{ChunkRef, ChunkStore, ChunkerParams, ContentChunker, Digest, NarRecord};
 use crate::nix::nar::{NarError, NarEvent, NarReader};
 
@@ -82,6 +82,8 @@ pub struct IngestOptions {
     pub xz_memory_limit: u64,
     /// The zstd level chunks are compressed with (no part of the format: any level reads back).
     pub zstd_level: i32,
+    /// The timers of the GC lease the ingest runs under (the defaults unless a test shortens them).
+    pub lease_times: LeaseTimes,
 }
 
 /// [`IngestOptions::max_entries`] by default: ten times the largest store paths of nixpkgs.
@@ -106,6 +108,7 @@ impl Default for IngestOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             xz_memory_limit: DEFAULT_XZ_MEMORY_LIMIT,
             zstd_level: ZSTD_LEVEL,
+            lease_times: LeaseTimes::default(),
         }
     }
 }
@@ -200,7 +203,10 @@ const QUEUE: usize = 4;
 /// The bytes a chunk takes in the NAR record's chunk list, at most (digest, size).
 const CHUNK_REF_BYTES: u64 = 40;
 
-/// Reads a NAR upload from `body` into `store` and writes its NAR record.
+/// Reads a NAR upload from `body` into `store` and writes its NAR record, under a lease of its
+/// own that ends with it. A caller that goes on to commit the NAR to a cache takes the lease
+/// itself and holds it until the commit is done ([`ingest_nar_under`]): a GC that starts in
+/// between would otherwise see a NAR record that nothing references yet.
 ///
 /// `body` is read in the caller's task; the rest of the work runs in tasks and threads of its own
 /// (see the [module documentation](self)), which end with it, also when this future is dropped.
@@ -212,12 +218,31 @@ pub async fn ingest_nar<R>(
 where
     R: AsyncRead + Unpin + Send,
 {
-    let chunker = ContentChunker::new(options.chunker)?;
-    let lease = Lease::acquire(store.backend().clone(), "nar ingest").await?;
-    let result = ingest_under_lease(store, body, options, chunker, &lease).await;
+    let lease = take_lease(store, options).await?;
+    let result = ingest_nar_under(store, body, options, &lease).await;
     // A lease left behind only delays GC until it expires: not worth failing the upload for.
     let _ = lease.release().await;
     result
+}
+
+/// Takes the GC lease an ingest runs under (DESIGN.md, "GC"), with the options' timers.
+pub async fn take_lease(store: &ChunkStore, options: &IngestOptions) -> Result<Lease, IngestError> {
+    Ok(Lease::acquire_with(store.backend().clone(), "nar ingest", options.lease_times).await?)
+}
+
+/// [`ingest_nar`] under a lease the caller took with [`take_lease`] and releases after
+/// committing what this ingest wrote.
+pub async fn ingest_nar_under<R>(
+    store: &ChunkStore,
+    body: R,
+    options: &IngestOptions,
+    lease: &Lease,
+) -> Result<Ingested, IngestError>
+where
+    R: AsyncRead + Unpin + Send,
+{
+    let chunker = ContentChunker::new(options.chunker)?;
+    ingest_under_lease(store, body, options, chunker, lease).await
 }
 
 async fn ingest_under_lease<R>(
@@ -273,7 +298,7 @@ where
         chunker: options.chunker,
         chunks,
     };
-    if lease.must_recheck() {
+    if lease.must_recheck().await {
         recheck_after_gc(store, lease, &record, options).await?;
     }
     store.backend().put(&record.key(), Bytes::from(record.encode())).await?;
@@ -492,15 +517,16 @@ fn check_expected(options: &IngestOptions, nar_hash: &[u8; 32], nar_size: u64) -
     Ok(())
 }
 
-/// A GC ran while this ingest started (or its lease lapsed): wait for the GC to end, then make
-/// sure every chunk the record references survived it.
+/// A GC ran while this ingest started (or its lease lapsed): write the lease again, wait for the
+/// GC to end, then make sure every chunk the record references survived it — in that order, or
+/// a GC starting in between could miss this ingest.
 async fn recheck_after_gc(
     store: &ChunkStore,
     lease: &Lease,
     record: &NarRecord,
     options: &IngestOptions,
 ) -> Result<(), IngestError> {
-    if !lease.wait_for_gc(Duration::from_millis(500), options.gc_wait).await? {
+    if !lease.renew_and_wait_for_gc(Duration::from_millis(500), options.gc_wait).await? {
         return Err(IngestError::GcConflict);
     }
     let mut seen = HashSet::new();

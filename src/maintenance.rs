@@ -1,0 +1,143 @@
+//! The command line's maintenance commands: `gc`, `verify` and `stats`, with progress bars.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use nargate::gc::{self, GcOptions, GcReport, Progress, Tally};
+
+use super::failure::{Failure, Result};
+use super::{StoreArgs, open_store};
+
+/// Progress bars on standard error, one per phase.
+#[derive(Default)]
+pub struct Bars {
+    current: Mutex<Option<ProgressBar>>,
+}
+
+impl Progress for Bars {
+    fn start(&self, phase: &str, total: Option<u64>) {
+        let bar = match total {
+            Some(total) => ProgressBar::new(total).with_style(
+                ProgressStyle::with_template("{msg:<40} [{bar:30}] {pos}/{len} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{spinner} {msg:<40} {pos} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.set_message(phase.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        if let Some(old) = self.current.lock().unwrap_or_else(|p| p.into_inner()).replace(bar) {
+            old.finish();
+        }
+    }
+
+    fn advance(&self, steps: u64) {
+        if let Some(bar) = &*self.current.lock().unwrap_or_else(|p| p.into_inner()) {
+            bar.inc(steps);
+        }
+    }
+
+    fn finish(&self, summary: &str) {
+        if let Some(bar) = self.current.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish_with_message(summary.to_owned());
+        }
+    }
+}
+
+/// A number of seconds as the largest whole unit (`30d`, `12h`, `90s`).
+pub fn show_duration(secs: u64) -> String {
+    for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs.is_multiple_of(size) {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// Bytes in MiB, for summaries.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn tally_line(name: &str, tally: &Tally, dry_run: bool) -> String {
+    format!(
+        "{name:<16} looked at {:>8} ({:>10}), kept {:>8} ({:>10}), {} {:>8} ({:>10})",
+        tally.looked_at,
+        mib(tally.looked_at_bytes),
+        tally.kept,
+        mib(tally.kept_bytes),
+        if dry_run { "would remove" } else { "removed" },
+        tally.removed,
+        mib(tally.removed_bytes),
+    )
+}
+
+/// The summary `nargate gc` prints.
+pub fn gc_summary(report: &GcReport) -> String {
+    let dry = report.dry_run;
+    let mut lines = vec![
+        tally_line("chunks", &report.chunks, dry),
+        tally_line("NAR records", &report.nar_records, dry),
+        tally_line("leases", &report.leases, dry),
+        tally_line("listing entries", &report.index_entries, dry),
+    ];
+    if !dry {
+        lines.push(format!("abandoned multipart uploads removed: {}", report.uploads_removed));
+    }
+    lines.push(format!(
+        "store paths past their bucket's retention{}: {}",
+        if dry { " (would be removed)" } else { " (removed)" },
+        report.retention_removed.len()
+    ));
+    lines.extend(report.retention_removed.iter().map(|path| format!("  {path}")));
+    if report.missing_records > 0 {
+        lines.push(format!(
+            "warning: {} NAR(s) named by a bucket have no record: run `nargate verify`",
+            report.missing_records
+        ));
+    }
+    lines.join("\n")
+}
+
+/// `nargate gc`.
+pub async fn gc(store: &StoreArgs, grace: Duration, dry_run: bool) -> Result<()> {
+    let (config, backend) = open_store(store).await?;
+    let options =
+        GcOptions { grace, dry_run, abandon_after: config.uploads.abandon_after, ..Default::default() };
+    let report =
+        gc::collect(&backend, &options, &Bars::default()).await.map_err(|e| Failure(e.to_string()))?;
+    println!("{}", gc_summary(&report));
+    Ok(())
+}
+
+/// Runs a GC every `[gc] interval_secs` (if not zero) for as long as the gateway serves; a turn
+/// that finds another gateway's GC running is skipped.
+pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config::Config) {
+    if config.gc.interval.is_zero() {
+        return;
+    }
+    let (interval, options) = (
+        config.gc.interval,
+        GcOptions { grace: config.gc.grace, abandon_after: config.uploads.abandon_after, ..Default::default() },
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            match gc::collect(&backend, &options, &gc::NoProgress).await {
+                Ok(report) => tracing::info!(
+                    chunks_removed = report.chunks.removed,
+                    bytes_removed = report.chunks.removed_bytes,
+                    nar_records_removed = report.nar_records.removed,
+                    "scheduled GC done"
+                ),
+                Err(gc::GcError::Locked { owner }) => {
+                    tracing::info!(%owner, "scheduled GC skipped: another GC is running")
+                }
+                Err(e) => tracing::warn!("scheduled GC failed: {e}"),
+            }
+        }
+    });
+}
