@@ -109,6 +109,30 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check that every bucket is whole: path infos, NAR records, chunks, closures and listing
+    /// entries; exits non-zero if anything is wrong.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Also read every chunk (checking its BLAKE3) and render every NAR against its NarHash.
+        #[arg(long)]
+        deep: bool,
+        /// Rewrite what can be derived (listing entries, pending commits) and say what cannot.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// What the store holds: store paths, NAR bytes, stored chunk bytes and the dedup ratio,
+    /// per bucket and for the store (from listings; nothing is read).
+    Stats {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this bucket (the store's chunks are counted still).
+        #[arg(long)]
+        bucket: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,6 +259,10 @@ async fn main() -> std::process::ExitCode {
         Command::Bucket { store, action } => bucket(&store, action).await,
         Command::Repair { store } => repair(&store).await,
         Command::Gc { store, grace, dry_run } => maintenance::gc(&store, grace, dry_run).await,
+        Command::Verify { store, bucket, deep, repair } => {
+            maintenance::verify(&store, bucket, deep, repair).await
+        }
+        Command::Stats { store, bucket } => maintenance::stats(&store, bucket.as_deref()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

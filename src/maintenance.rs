@@ -113,6 +113,62 @@ pub async fn gc(store: &StoreArgs, grace: Duration, dry_run: bool) -> Result<()>
     Ok(())
 }
 
+/// `nargate verify`: prints every problem with its key; fails if any is left unrepaired.
+pub async fn verify(store: &StoreArgs, bucket: Option<String>, deep: bool, repair: bool) -> Result<()> {
+    let (_, backend) = open_store(store).await?;
+    let options = gc::verify::VerifyOptions { bucket, deep, repair };
+    let report =
+        gc::verify::verify(&backend, &options, &Bars::default()).await.map_err(|e| Failure(e.to_string()))?;
+    for problem in &report.problems {
+        let state = if problem.repaired {
+            "repaired"
+        } else if repair {
+            "cannot be repaired"
+        } else {
+            "problem"
+        };
+        println!("{state}: {}: {}", problem.key, problem.what);
+    }
+    println!(
+        "{} bucket(s), {} store path(s), {} NAR record(s), {} chunk(s){}: {} problem(s), {} repaired",
+        report.buckets,
+        report.store_paths,
+        report.nar_records,
+        report.chunks,
+        if deep { format!(", {} NAR(s) rendered", report.rendered) } else { String::new() },
+        report.problems.len(),
+        report.problems.iter().filter(|p| p.repaired).count(),
+    );
+    if report.has_unrepaired() {
+        return Err(Failure("the store has problems (see above)".into()));
+    }
+    Ok(())
+}
+
+/// `nargate stats`.
+pub async fn stats(store: &StoreArgs, bucket: Option<&str>) -> Result<()> {
+    let (_, backend) = open_store(store).await?;
+    let stats = gc::stats::compute(&backend, bucket).await.map_err(|e| Failure(e.to_string()))?;
+    for (name, figures) in &stats.buckets {
+        println!(
+            "bucket {name}: {} store path(s), {} NAR(s), {} of NARs",
+            figures.store_paths,
+            figures.nars,
+            mib(figures.logical_nar_bytes)
+        );
+    }
+    println!(
+        "store: {} distinct NAR(s), {} of NARs; {} chunk(s), {} stored; {} NAR record(s); dedup ratio {:.2}",
+        stats.distinct_nars,
+        mib(stats.distinct_nar_bytes),
+        stats.chunks,
+        mib(stats.chunk_bytes),
+        stats.nar_records,
+        stats.dedup_ratio()
+    );
+    Ok(())
+}
+
 /// Runs a GC every `[gc] interval_secs` (if not zero) for as long as the gateway serves; a turn
 /// that finds another gateway's GC running is skipped.
 pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config::Config) {
@@ -121,7 +177,11 @@ pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config:
     }
     let (interval, options) = (
         config.gc.interval,
-        GcOptions { grace: config.gc.grace, abandon_after: config.uploads.abandon_after, ..Default::default() },
+        GcOptions {
+            grace: config.gc.grace,
+            abandon_after: config.uploads.abandon_after,
+            ..Default::default()
+        },
     );
     tokio::spawn(async move {
         loop {

@@ -246,3 +246,76 @@ async fn retention_keeps_what_kept_paths_reference() {
     assert_eq!(keys(&backend, "nars/").await, nars);
     assert_eq!(keys(&backend, "chunks/").await, chunks);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_missing_and_corrupt_chunks_and_repairs_listing_entries() {
+    use nargate::backend::fault::FaultyBackend;
+    use nargate::gc::verify::{VerifyOptions, verify};
+    let faulty = std::sync::Arc::new(FaultyBackend::new(common::garage::garage_s3_backend().await));
+    let backend: DynBackend = faulty.clone();
+    let gw = start(backend.clone()).await;
+    gw.import("cache", false, &["cache-none"]).await;
+    let clean =
+        verify(&backend, &VerifyOptions { deep: true, ..Default::default() }, &NoProgress).await.unwrap();
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert_eq!((clean.store_paths, clean.nar_records, clean.rendered), (4, 4, 4));
+
+    // One chunk of `hello` deleted, one of `single-file` corrupt on every read.
+    let fixtures = fixture_nars();
+    let chunk_of = |suffix: &'static str| {
+        let backend = backend.clone();
+        let hash = fixtures.iter().find(|(p, _, _)| p.ends_with(suffix)).unwrap().1.clone();
+        async move {
+            let record = NarRecord::decode(
+                &backend::get_bytes(backend.as_ref(), &format!("nars/{hash}")).await.unwrap(),
+            )
+            .unwrap();
+            chunk_key(&record.chunks[0].digest)
+        }
+    };
+    let (deleted, corrupt) = (chunk_of("-hello").await, chunk_of("-single-file").await);
+    assert_ne!(deleted, corrupt);
+    backend.delete(&deleted).await.unwrap();
+    faulty.corrupt_gets(corrupt.clone());
+    let shallow = verify(&backend, &VerifyOptions::default(), &NoProgress).await.unwrap();
+    let keys_of = |report: &nargate::gc::verify::VerifyReport| -> Vec<String> {
+        report.problems.iter().map(|p| format!("{} {}", p.key, p.what)).collect()
+    };
+    assert_eq!(keys_of(&shallow), vec![format!("{deleted} chunk missing")]);
+    let deep =
+        verify(&backend, &VerifyOptions { deep: true, ..Default::default() }, &NoProgress).await.unwrap();
+    let found = keys_of(&deep);
+    assert!(found.iter().any(|p| p.starts_with(&format!("{corrupt} chunk unreadable"))), "{found:?}");
+    assert!(found.iter().any(|p| p.contains("does not render")), "{found:?}");
+    assert!(deep.has_unrepaired());
+    faulty.clear();
+
+    // A listing entry lost (a crash mid-commit): found, and --repair writes it again.
+    let app = fixtures.iter().find(|(p, _, _)| p.ends_with("-app")).unwrap();
+    let app_hash = app.0.strip_prefix("/nix/store/").unwrap().split_once('-').unwrap().0.to_owned();
+    let entry_prefix = gw.cache("cache").keys().index_entry_prefix(&format!("{app_hash}.narinfo"));
+    let entries = keys(&backend, &entry_prefix).await;
+    assert_eq!(entries.len(), 1);
+    backend.delete(entries.first().unwrap()).await.unwrap();
+    let listed = |gw: &TestGateway| {
+        let client = gw.client();
+        async move {
+            let out = client.list_objects_v2().bucket("cache").send().await.unwrap();
+            out.contents().iter().map(|o| o.key().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert!(!listed(&gw).await.contains(&format!("{app_hash}.narinfo")));
+    let found = verify(&backend, &VerifyOptions::default(), &NoProgress).await.unwrap();
+    assert!(
+        keys_of(&found).iter().any(|p| p.contains(&format!("not listed: {app_hash}.narinfo"))),
+        "{:?}",
+        keys_of(&found)
+    );
+    let repaired =
+        verify(&backend, &VerifyOptions { repair: true, ..Default::default() }, &NoProgress).await.unwrap();
+    let unrepaired: Vec<&str> =
+        repaired.problems.iter().filter(|p| !p.repaired).map(|p| p.key.as_str()).collect();
+    assert_eq!(unrepaired, vec![deleted.as_str()], "the missing chunk cannot be repaired");
+    assert_eq!(keys(&backend, &entry_prefix).await, entries, "the entry is back, as it was");
+    assert!(listed(&gw).await.contains(&format!("{app_hash}.narinfo")));
+}

@@ -22,7 +22,9 @@ pub mod lock;
 pub mod mark;
 pub mod progress;
 pub mod retention;
+pub mod stats;
 pub mod sweep;
+pub mod verify;
 
 use std::time::{Duration, SystemTime};
 
