@@ -48,3 +48,17 @@ pub fn failure<T: std::fmt::Debug, E: aws_sdk_s3::error::ProvideErrorMetadata + 
     let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
     (status, code)
 }
+
+/// The NarHash of `nar` as Nix writes it in keys: nixbase32 of its SHA-256.
+pub fn nar_hash(nar: &[u8]) -> String {
+    use sha2::Digest as _;
+    nargate::nix::nixbase32::encode(sha2::Sha256::digest(nar).as_slice())
+}
+
+/// Writes one step a real client takes (`aws s3 cp …`, a request replayed with curl) straight
+/// to the test process's standard error, which the test harness does not capture: the log of a
+/// run shows every client command, passing or failing.
+pub fn step(what: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "[client] {what}");
+}
