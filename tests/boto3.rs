@@ -39,7 +39,8 @@ async fn boto3_reads_writes_and_presigns() {
         common::gateway::fixtures().join("nars").join(format!("{}.nar", &store_path["/nix/store/".len()..]));
 
     let nix = common::nix::Nix::new();
-    let made = tokio::task::block_in_place(|| nix.add_generated_tree("boto3-big", 3, 4 << 20));
+    let made =
+        tokio::task::block_in_place(|| nix.add_generated_tree("boto3-big", &common::multipart_sized_files()));
     let work = tempfile::tempdir().unwrap();
     let big = work.path().join("made.nar");
     std::fs::write(&big, &made.nar).unwrap();

@@ -271,7 +271,9 @@ async fn nix_s3_store_requests_replayed_with_curl() {
 
     // 3. A multipart upload of a NAR that real Nix made (`nix-store --add`, 12 MiB: 3 parts),
     // then its narinfo.
-    let made = tokio::task::block_in_place(|| nix.add_generated_tree("nix-s3-big", 3, 4 << 20));
+    let made = tokio::task::block_in_place(|| {
+        nix.add_generated_tree("nix-s3-big", &common::multipart_sized_files())
+    });
     let key = format!("nar/{}.nar", made.nar_hash);
     let whole_md5 = content_md5(&made.nar);
     let created = run(&|| {

@@ -310,7 +310,7 @@ fn aws_cli_round_trip(server: &Server) {
     // 8 MiB parts, ingested at Complete; read back with parallel ranged GETs. `--debug` shows
     // the requests the cli sent.
     let nix = common::nix::Nix::new();
-    let made = nix.add_generated_tree("aws-cli-big", 3, 4 << 20);
+    let made = nix.add_generated_tree("aws-cli-big", &common::multipart_sized_files());
     assert!(made.nar.len() > 8 << 20, "{} bytes", made.nar.len());
     common::step(format!(
         "aws cli: {} ({} bytes) at nar/{}.nar",

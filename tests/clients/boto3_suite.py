@@ -202,6 +202,7 @@ s3.download_file(BUCKET, BIG_NAR_KEY, back, Config=config)
 with open(back, "rb") as f:
     assert f.read() == BIG_NAR, "download_file of the multipart-uploaded NAR"
 gets = sent_since(mark, "GetObject")
+assert len(gets) >= 2 and all("range" in g for g in gets), "download_file reads in ranges"
 step(
     f"  {len(gets)} GetObjects, ranges {sorted(g.get('range') for g in gets)}, "
     f"If-Match on {sum('if-match' in g for g in gets)}"

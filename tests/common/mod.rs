@@ -17,6 +17,8 @@ use tempfile::TempDir;
 
 #[allow(unused_imports)]
 pub use garage::garage_backend;
+#[allow(unused_imports)]
+pub use nix::nar_hash;
 
 /// A fresh fs backend in a temporary directory, which is removed when the [`TempDir`] drops.
 pub fn fs_backend() -> (TempDir, DynBackend) {
@@ -49,16 +51,17 @@ pub fn failure<T: std::fmt::Debug, E: aws_sdk_s3::error::ProvideErrorMetadata + 
     (status, code)
 }
 
-/// The NarHash of `nar` as Nix writes it in keys: nixbase32 of its SHA-256.
-pub fn nar_hash(nar: &[u8]) -> String {
-    use sha2::Digest as _;
-    nargate::nix::nixbase32::encode(sha2::Sha256::digest(nar).as_slice())
-}
-
 /// Writes one step a real client takes (`aws s3 cp …`, a request replayed with curl) straight
 /// to the test process's standard error, which the test harness does not capture: the log of a
 /// run shows every client command, passing or failing.
 pub fn step(what: impl std::fmt::Display) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "[client] {what}");
+}
+
+/// The contents of the files of a generated store path larger than the 8 MiB multipart
+/// threshold of the aws cli and boto3: three pseudo-random files of 4 MiB (for
+/// [`nix::Nix::add_generated_tree`]).
+pub fn multipart_sized_files() -> Vec<Vec<u8>> {
+    (0..3).map(|i| pseudo_random(4 << 20, 40 + i)).collect()
 }

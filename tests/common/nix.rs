@@ -185,17 +185,17 @@ pub struct NixMadeNar {
 }
 
 impl Nix {
-    /// Adds a generated tree of `files` pseudo-random files of `file_size` bytes each (the first
-    /// one executable), a small file in a subdirectory and a symlink, with `nix-store --add` into
-    /// a chroot store in the temp dir, and dumps it with `nix-store --dump`. The NarHash Nix
-    /// recorded (`nix-store -q --hash`) must be the SHA-256 of the dumped bytes.
-    pub fn add_generated_tree(&self, name: &str, files: u64, file_size: usize) -> NixMadeNar {
+    /// Adds a generated tree — files `part<i>` with `contents` (the first one executable), a
+    /// small file in a subdirectory and a symlink — with `nix-store --add` into a chroot store in
+    /// the temp dir, and dumps it with `nix-store --dump`. The NarHash Nix recorded (`nix-store -q
+    /// --hash`) must be the SHA-256 of the dumped bytes.
+    pub fn add_generated_tree(&self, name: &str, contents: &[Vec<u8>]) -> NixMadeNar {
         use std::os::unix::fs::PermissionsExt as _;
         let tree = self.path("tmp").join(name);
         std::fs::create_dir_all(tree.join("share")).unwrap();
-        for i in 0..files {
+        for (i, bytes) in contents.iter().enumerate() {
             let file = tree.join(format!("part{i}"));
-            std::fs::write(&file, super::pseudo_random(file_size, 40 + i)).unwrap();
+            std::fs::write(&file, bytes).unwrap();
             let mode = if i == 0 { 0o755 } else { 0o644 };
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
         }
@@ -213,7 +213,7 @@ impl Nix {
         assert!(store_path.starts_with("/nix/store/") && store_path.ends_with(name), "{store_path}");
         let real = root.join(store_path.trim_start_matches('/'));
         let nar = self.run_ok(&self.nix_store, [OsStr::new("--dump"), real.as_os_str()]).stdout;
-        let nar_hash = super::nar_hash(&nar);
+        let nar_hash = nar_hash(&nar);
         let recorded =
             self.run_ok(&self.nix_store, ["--store", store.as_str(), "-q", "--hash", store_path.as_str()]);
         assert_eq!(
@@ -223,4 +223,10 @@ impl Nix {
         );
         NixMadeNar { store_path, nar, nar_hash }
     }
+}
+
+/// The NarHash of `nar` as Nix writes it in keys: nixbase32 of its SHA-256.
+pub fn nar_hash(nar: &[u8]) -> String {
+    use sha2::Digest as _;
+    nargate::nix::nixbase32::encode(sha2::Sha256::digest(nar).as_slice())
 }
