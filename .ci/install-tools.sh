@@ -15,6 +15,7 @@ TOOLS=(
   "curl:curl"           # tests/serve_cli.rs: anonymous reads as a plain HTTP client makes them
   "rclone:rclone"       # the rclone end-to-end tests (issue 7: rclone 1.60, its s3 remote and mount)
   "fusermount3:fuse3"   # rclone mount
+  "docker-compose:docker-compose" # tests/compose.rs: `docker-compose config` validates compose/ without an engine
 )
 
 # Whether a tool is there: an absolute path must be an executable file, a name must be in PATH.

@@ -115,3 +115,73 @@ async fn rclone_mount_reads_nars_with_seeks() {
     let log = mount.log();
     assert!(!log.contains("corrupted on transfer") && !log.contains("ERROR"), "rclone mount log:\n{log}");
 }
+
+/// rclone's own MD5 check on close: a read handle of a mount hashes what it reads in order and,
+/// when the read reached the end, compares that with the object's MD5 (for S3 the ETag, which
+/// rclone 1.60 takes from each GET's response) on Flush, logging "corrupted on transfer" on a mismatch. A
+/// whole read of a NAR (whose ETag is its MD5, as `rclone md5sum` shows) passes it. The check is
+/// live on the same mount: a plain object replaced half-way through a read (same size, other
+/// bytes; the mount reads in 256 KiB ranges without read-ahead, so the rest comes from the new
+/// object with its new ETag) fails it, and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rclone_mount_whole_read_passes_rclones_md5_check() {
+    use std::io::Read as _;
+    let gw = start(common::garage_backend().await).await;
+    gw.import("checked", false, &["cache-xz"]).await;
+    let client = gw.client();
+    // Below the S3 backend's 8 MiB part size: one PutObject to Garage, whose ETag is the MD5.
+    let (before, after) = (common::pseudo_random(4 << 20, 1), common::pseudo_random(4 << 20, 2));
+    let put =
+        |body: Vec<u8>| client.put_object().bucket("checked").key("log/swapped").body(body.into()).send();
+    put(before.clone()).await.unwrap();
+
+    let rclone = Rclone::new(&gw);
+    let (_, nar_hash, nar) = fixture_nars().into_iter().max_by_key(|(_, _, n)| n.len()).unwrap();
+    let sums =
+        String::from_utf8(tokio::task::block_in_place(|| rclone.ok(&["md5sum", "gw:checked"]))).unwrap();
+    for (key, bytes) in [(format!("nar/{nar_hash}.nar"), &nar), ("log/swapped".to_owned(), &before)] {
+        let line = format!("{}  {key}", nargate::cache::md5_hex(bytes));
+        assert!(sums.lines().any(|l| l == line), "rclone's MD5 of {key} is its MD5: {line} in {sums}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let ranges =
+        ["--buffer-size", "0", "--vfs-read-chunk-size", "256k", "--vfs-read-chunk-size-limit", "256k"];
+    let mount = tokio::task::block_in_place(|| rclone.mount("gw:checked", &mountpoint, &ranges));
+    let corrupted = |log: &str| -> Vec<String> {
+        log.lines().filter(|l| l.contains("corrupted on transfer")).map(str::to_owned).collect()
+    };
+
+    let file = mountpoint.join("nar").join(format!("{nar_hash}.nar"));
+    let whole = tokio::task::block_in_place(|| std::fs::read(&file).unwrap());
+    assert!(whole == nar, "a whole read of the NAR through the mount");
+    let swapped = mountpoint.join("log/swapped");
+    assert!(tokio::task::block_in_place(|| std::fs::read(&swapped).unwrap()) == before);
+    // A handle is released (and checked) after close returns: give it time to log.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let log = mount.log();
+    assert!(corrupted(&log).is_empty() && !log.contains("ERROR"), "rclone mount log:\n{log}");
+    // rclone checks on Flush (the close(2)): the NAR's whole read was flushed without error.
+    let flushed = format!("&{{nar/{nar_hash}.nar (r)}}: >Flush: err=<nil>");
+    assert!(log.contains(&flushed), "{flushed} in the rclone mount log:\n{log}");
+
+    // The negative control: the object changes between two ranges of one read.
+    let mut read = vec![0; 256 << 10];
+    let mut handle = tokio::task::block_in_place(|| std::fs::File::open(&swapped)).unwrap();
+    tokio::task::block_in_place(|| handle.read_exact(&mut read)).unwrap();
+    put(after.clone()).await.unwrap();
+    tokio::task::block_in_place(|| handle.read_to_end(&mut read)).unwrap();
+    drop(handle);
+    assert!(read[..256 << 10] == before[..256 << 10] && read != before, "the read saw the replacement");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let failed = corrupted(&mount.log());
+    common::step(format!("rclone mount: the replaced object's read: {failed:?}"));
+    let flush = "log/swapped: ReadFileHandle.Flush error: corrupted on transfer: md5 hash differ";
+    assert!(
+        failed.iter().any(|l| l.contains(flush)),
+        "rclone's check caught the object replaced mid-read:\n{}",
+        mount.log()
+    );
+}

@@ -89,6 +89,7 @@ impl Server {
             Path::new(AWS).is_file(),
             "{AWS} is missing: install Debian's awscli with .ci/install-tools.sh"
         );
+        common::step(format!("aws {}", args.join(" ")));
         let out = Command::new(AWS)
             .args(["--endpoint-url", &self.endpoint, "--region", "us-east-1"])
             .args(args)
@@ -101,6 +102,13 @@ impl Server {
             .expect("run the aws cli");
         assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         out
+    }
+
+    /// Runs `aws --debug args…`, which must succeed, and returns what it logged (the requests
+    /// it sent, headers included).
+    fn aws_debug(&self, args: &[&str]) -> String {
+        let all: Vec<&str> = std::iter::once("--debug").chain(args.iter().copied()).collect();
+        String::from_utf8_lossy(&self.aws(&all).stderr).into_owned()
     }
 }
 
@@ -297,25 +305,39 @@ fn aws_cli_round_trip(server: &Server) {
     ]));
     assert_eq!(paged.split_whitespace().filter(|k| *k != "None").count(), 3, "{paged}");
 
-    // A NAR larger than the cli's 8 MiB multipart threshold: a multipart upload of 8 MiB parts
-    // sent in parallel, ingested at Complete; read back with parallel ranged GETs (If-Match).
-    use nargate::nix::nar::{NarNode, write_nar};
-    use sha2::Digest as _;
-    let files = (0..3u64)
-        .map(|i| {
-            let contents = common::pseudo_random(7 << 20, 40 + i);
-            (format!("part{i}").into_bytes(), NarNode::File { executable: i == 0, contents })
-        })
-        .collect();
-    let big = write_nar(&NarNode::Directory(files)).unwrap();
-    let big_hash = nargate::nix::nixbase32::encode(sha2::Sha256::digest(&big).as_slice());
+    // A NAR larger than the cli's 8 MiB multipart threshold, of a store path real Nix made
+    // (`nix-store --add` of a generated tree, then `nix-store --dump`): a multipart upload of
+    // 8 MiB parts, ingested at Complete; read back with parallel ranged GETs. `--debug` shows
+    // the requests the cli sent.
+    let nix = common::nix::Nix::new();
+    let made = nix.add_generated_tree("aws-cli-big", &common::multipart_sized_files());
+    assert!(made.nar.len() > 8 << 20, "{} bytes", made.nar.len());
+    common::step(format!(
+        "aws cli: {} ({} bytes) at nar/{}.nar",
+        made.store_path,
+        made.nar.len(),
+        made.nar_hash
+    ));
     let big_file = scratch.path().join("big.nar");
-    std::fs::write(&big_file, &big).unwrap();
-    let big_key = format!("s3://synced/nar/{big_hash}.nar");
-    server.aws(&["s3", "cp", big_file.to_str().unwrap(), &big_key]);
+    std::fs::write(&big_file, &made.nar).unwrap();
+    let big_key = format!("s3://synced/nar/{}.nar", made.nar_hash);
+    let sent = server.aws_debug(&["s3", "cp", big_file.to_str().unwrap(), &big_key]);
+    for operation in ["CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"] {
+        let request = format!("OperationModel(name={operation})");
+        assert!(sent.contains(&request), "aws s3 cp sent no {operation}");
+    }
     let back = scratch.path().join("big.back");
-    server.aws(&["s3", "cp", &big_key, back.to_str().unwrap()]);
-    assert!(std::fs::read(&back).unwrap() == big, "the multipart-uploaded NAR reads back whole");
+    let sent = server.aws_debug(&["s3", "cp", &big_key, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == made.nar, "the multipart-uploaded NAR reads back whole");
+    // Each ranged GET shows in the log more than once (its parameters, then its headers).
+    let mut ranges: Vec<&str> =
+        sent.split("'Range': 'bytes=").skip(1).filter_map(|rest| rest.split('\'').next()).collect();
+    ranges.sort_unstable();
+    ranges.dedup();
+    assert!(ranges.len() >= 2, "aws s3 cp of {} bytes downloads in ranges: {ranges:?}", made.nar.len());
+    // The issue expected If-Match on those GETs; the cli 2.9 sends none (newer ones do).
+    let if_match = sent.contains("'If-Match'");
+    common::step(format!("aws cli: downloaded in ranges {ranges:?}; If-Match sent: {if_match}"));
 
     // One narinfo removed, then everything; the bucket then goes.
     let (first, _, _) = &fixture_nars()[0];

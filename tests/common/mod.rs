@@ -17,6 +17,8 @@ use tempfile::TempDir;
 
 #[allow(unused_imports)]
 pub use garage::garage_backend;
+#[allow(unused_imports)]
+pub use nix::nar_hash;
 
 /// A fresh fs backend in a temporary directory, which is removed when the [`TempDir`] drops.
 pub fn fs_backend() -> (TempDir, DynBackend) {
@@ -47,4 +49,19 @@ pub fn failure<T: std::fmt::Debug, E: aws_sdk_s3::error::ProvideErrorMetadata + 
     let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
     let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
     (status, code)
+}
+
+/// Writes one step a real client takes (`aws s3 cp …`, a request replayed with curl) straight
+/// to the test process's standard error, which the test harness does not capture: the log of a
+/// run shows every client command, passing or failing.
+pub fn step(what: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "[client] {what}");
+}
+
+/// The contents of the files of a generated store path larger than the 8 MiB multipart
+/// threshold of the aws cli and boto3: three pseudo-random files of 4 MiB (for
+/// [`nix::Nix::add_generated_tree`]).
+pub fn multipart_sized_files() -> Vec<Vec<u8>> {
+    (0..3).map(|i| pseudo_random(4 << 20, 40 + i)).collect()
 }

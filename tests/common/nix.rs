@@ -19,8 +19,8 @@ pub fn find_program(program: &str) -> PathBuf {
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "`{program}` is not in PATH: these tests run real Nix (Debian's nix-bin, Nix 2.8). \
-                 Install it with `.ci/install-tools.sh` (as root), then run the tests again."
+                "`{program}` is not in PATH: these tests run the real program (Nix is Debian's nix-bin, \
+                 Nix 2.8). Install it with `.ci/install-tools.sh` (as root), then run the tests again."
             )
         })
 }
@@ -172,4 +172,61 @@ impl Nix {
         );
         to
     }
+}
+
+/// A store path that real Nix made, and its NAR as Nix dumps it.
+pub struct NixMadeNar {
+    /// The store path (`/nix/store/<hash>-<name>`).
+    pub store_path: String,
+    /// The NAR, as `nix-store --dump` wrote it.
+    pub nar: Vec<u8>,
+    /// Its NarHash, nixbase32 (as Nix names NARs: `nar/<nar_hash>.nar`).
+    pub nar_hash: String,
+}
+
+impl Nix {
+    /// Adds a generated tree — files `part<i>` with `contents` (the first one executable), a
+    /// small file in a subdirectory and a symlink — with `nix-store --add` into a chroot store in
+    /// the temp dir, and dumps it with `nix-store --dump`. The NarHash Nix recorded (`nix-store -q
+    /// --hash`) must be the SHA-256 of the dumped bytes.
+    pub fn add_generated_tree(&self, name: &str, contents: &[Vec<u8>]) -> NixMadeNar {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tree = self.path("tmp").join(name);
+        std::fs::create_dir_all(tree.join("share")).unwrap();
+        for (i, bytes) in contents.iter().enumerate() {
+            let file = tree.join(format!("part{i}"));
+            std::fs::write(&file, bytes).unwrap();
+            let mode = if i == 0 { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::write(tree.join("share/README"), format!("{name}: generated for the client tests\n"))
+            .unwrap();
+        std::os::unix::fs::symlink("part0", tree.join("link")).unwrap();
+
+        let root = self.path("add-store");
+        let store = format!("local?root={}", root.display());
+        let added = self.run_ok(
+            &self.nix_store,
+            [OsStr::new("--store"), store.as_ref(), "--add".as_ref(), tree.as_os_str()],
+        );
+        let store_path = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+        assert!(store_path.starts_with("/nix/store/") && store_path.ends_with(name), "{store_path}");
+        let real = root.join(store_path.trim_start_matches('/'));
+        let nar = self.run_ok(&self.nix_store, [OsStr::new("--dump"), real.as_os_str()]).stdout;
+        let nar_hash = nar_hash(&nar);
+        let recorded =
+            self.run_ok(&self.nix_store, ["--store", store.as_str(), "-q", "--hash", store_path.as_str()]);
+        assert_eq!(
+            String::from_utf8_lossy(&recorded.stdout).trim(),
+            format!("sha256:{nar_hash}"),
+            "{store_path}"
+        );
+        NixMadeNar { store_path, nar, nar_hash }
+    }
+}
+
+/// The NarHash of `nar` as Nix writes it in keys: nixbase32 of its SHA-256.
+pub fn nar_hash(nar: &[u8]) -> String {
+    use sha2::Digest as _;
+    nargate::nix::nixbase32::encode(sha2::Sha256::digest(nar).as_slice())
 }
