@@ -1,5 +1,6 @@
 //! The backend suite: the same checks, run against every backend — the fs backend in a temporary
-//! directory and the S3 backend against a real Garage server — so that they behave alike.
+//! directory, the in-memory backend of simulations, and the S3 backend against a real Garage
+//! server — so that they behave alike.
 //! Backend-specific checks follow in `fs_only` and `s3_only`.
 
 mod common;
@@ -25,6 +26,16 @@ macro_rules! suite {
                 #[tokio::test]
                 async fn $check() -> super::TestResult {
                     let (_dir, backend) = crate::common::fs_backend();
+                    super::$check(backend).await
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $check() -> super::TestResult {
+                    let clock: nargate::backend::memory::Clock = std::sync::Arc::new(std::time::SystemTime::now);
+                    let backend: nargate::backend::DynBackend = std::sync::Arc::new(nargate::backend::memory::MemoryBackend::new(clock));
                     super::$check(backend).await
                 }
             )*
