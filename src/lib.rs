@@ -12,6 +12,7 @@
 //! - [`config`]: the TOML configuration of `nargate serve` and its `NARGATE_*` overrides.
 //! - [`credentials`]: the client key pairs every gateway over one backend accepts.
 //! - [`gateway`]: the S3 front end (`nargate serve`).
+//! - [`metrics`]: the counters and histograms of `/metrics`, in the Prometheus text format.
 
 pub mod backend;
 pub mod cache;
@@ -20,5 +21,6 @@ pub mod config;
 pub mod credentials;
 pub mod gateway;
 pub mod ingest;
+pub mod metrics;
 pub mod nix;
 pub mod render;

@@ -2,7 +2,8 @@
 //!
 //! One small async trait, [`Backend`], with two implementations — [`s3`] (any S3 endpoint, through
 //! aws-sdk-s3) and [`fs`] (a local directory, the embedded default) — and tiny wrappers of the same
-//! trait that add behaviour: [`counting`] counts requests, [`fault`] injects failures for tests.
+//! trait that add behaviour: [`counting`] counts requests, [`fault`] injects failures for tests,
+//! [`metered`] times every request for the gateway's metrics.
 //! [`quickack`] is the S3 backend's HTTP client for servers that stall kept-alive connections.
 //! Keys are UTF-8 strings of 1 to 1,024 bytes, as S3 allows.
 //!
@@ -14,6 +15,7 @@
 pub mod counting;
 pub mod fault;
 pub mod fs;
+pub mod metered;
 pub mod quickack;
 pub mod s3;
 
