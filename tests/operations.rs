@@ -49,14 +49,24 @@ fn check_histogram(text: &str, name: &str, labels: &str) -> f64 {
     count
 }
 
-/// The JSON log lines of `server` with `"message": "request"`.
-fn request_lines(server: &Server) -> Vec<serde_json::Value> {
-    let lines = server.stderr.lock().unwrap().clone();
-    lines
-        .iter()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .filter(|v: &serde_json::Value| v["message"] == "request")
-        .collect()
+/// The JSON log lines of `server` with `"message": "request"`, once there are `count` of them
+/// (the lines reach the test through a pipe and a thread: they may lag the responses a little).
+fn request_lines(server: &Server, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<serde_json::Value> = server
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+            .filter(|v: &serde_json::Value| v["message"] == "request")
+            .collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// S3 requests of several operations, then `/metrics` on the admin listener: each request is
@@ -159,8 +169,8 @@ async fn metrics_and_request_logs() {
     assert_eq!(sample(&text, "nargate_backend_errors_total{op=\"GET\"}"), 0.0);
 
     // One JSON log line per request, with its fields.
-    let lines = request_lines(&server);
-    assert_eq!(lines.len(), 10, "{lines:#?}");
+    let lines = request_lines(&server, 10);
+    assert_eq!(lines.len(), 10, "one line per request: {lines:#?}");
     let id = ranged.header("x-amz-request-id").unwrap();
     let line = lines.iter().find(|l| l["id"] == id).unwrap_or_else(|| panic!("no line for {id}"));
     assert_eq!(line["op"], "GetObject");
