@@ -42,19 +42,25 @@ pub const DEFAULT_METADATA_CACHE_ENTRIES: u64 = crate::cache::meta::DEFAULT_MAX_
 /// How long metadata stays cached by default.
 pub const DEFAULT_METADATA_TTL: Duration = crate::cache::meta::DEFAULT_TTL;
 
-/// The environment variables [`Config::load`] reads, each overriding one setting.
 /// How long a request body may send nothing before it fails with IncompleteBody.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often `serve` runs the repair pass.
 pub const DEFAULT_REPAIR_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How long `serve`, told to stop, waits for the requests in flight by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The environment variables [`Config::load`] reads, each overriding one setting.
 pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_LISTEN",
     "NARGATE_DOMAINS",
     "NARGATE_READ_AHEAD",
     "NARGATE_BODY_IDLE_TIMEOUT_SECS",
     "NARGATE_REPAIR_INTERVAL_SECS",
+    "NARGATE_ADMIN_LISTEN",
+    "NARGATE_LOG_FORMAT",
+    "NARGATE_SHUTDOWN_GRACE_SECS",
     "NARGATE_DATA",
     "NARGATE_ACCESS_KEY_ID",
     "NARGATE_SECRET_ACCESS_KEY",
@@ -125,6 +131,27 @@ pub struct Config {
     /// `NARGATE_REPAIR_INTERVAL_SECS`).
     #[serde(rename = "repair_interval_secs", deserialize_with = "secs")]
     pub repair_interval: Duration,
+    /// The admin listener's address (`/metrics`, `/health`); `None` (TOML `"off"`, the default):
+    /// no admin listener (`NARGATE_ADMIN_LISTEN`, an address or `off`).
+    #[serde(deserialize_with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    /// How `serve` writes its log (`NARGATE_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// How long `serve`, told to stop (SIGTERM, Ctrl-C), lets the requests in flight run before
+    /// it exits (TOML `shutdown_grace_secs`, `NARGATE_SHUTDOWN_GRACE_SECS`).
+    #[serde(rename = "shutdown_grace_secs", deserialize_with = "secs")]
+    pub shutdown_grace: Duration,
+}
+
+/// How log lines are written (TOML `log_format`: `"human"` or `"json"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event: time, level, message, then its fields as `key=value`.
+    #[default]
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's fields.
+    Json,
 }
 
 /// The backend (TOML: `[backend]` with `type = "fs"` or `type = "s3"`).
@@ -422,6 +449,9 @@ impl Default for Config {
             buckets: BTreeMap::new(),
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             repair_interval: DEFAULT_REPAIR_INTERVAL,
+            admin_listen: None,
+            log_format: LogFormat::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -540,6 +570,7 @@ impl Config {
                 ..Default::default()
             },
             body_idle_timeout: self.body_idle_timeout,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -594,6 +625,12 @@ impl Config {
             "NARGATE_READ_AHEAD" => self.read_ahead = parse(value)?,
             "NARGATE_BODY_IDLE_TIMEOUT_SECS" => self.body_idle_timeout = duration_from_secs(parse(value)?)?,
             "NARGATE_REPAIR_INTERVAL_SECS" => self.repair_interval = duration_from_secs(parse(value)?)?,
+            "NARGATE_ADMIN_LISTEN" => self.admin_listen = parse_optional_addr(value)?,
+            "NARGATE_LOG_FORMAT" => {
+                self.log_format = LogFormat::deserialize(value.into_deserializer())
+                    .map_err(|e: serde::de::value::Error| format!("{value:?}: {e}"))?;
+            }
+            "NARGATE_SHUTDOWN_GRACE_SECS" => self.shutdown_grace = duration_from_secs(parse(value)?)?,
             "NARGATE_DATA" => self.backend = BackendConfig::Fs { dir: value.into() },
             "NARGATE_ACCESS_KEY_ID" => self.credentials.access_key_id = Some(value.to_owned()),
             "NARGATE_SECRET_ACCESS_KEY" => self.credentials.secret_access_key = Some(Secret::new(value)),
@@ -776,6 +813,19 @@ fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error
     duration_from_secs(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
 }
 
+/// An address, or `off` for none.
+fn parse_optional_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+    match value.trim() {
+        "off" => Ok(None),
+        value => value.parse().map(Some).map_err(|e| format!("{value:?}: {e} (an address, or \"off\")")),
+    }
+}
+
+/// Deserializes an address, or `"off"` as `None`.
+fn optional_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_optional_addr(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+}
+
 /// Deserializes a present number of seconds as `Some` duration.
 fn optional_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     secs(deserializer).map(Some)
@@ -902,6 +952,9 @@ mod tests {
             read_ahead = 4
             body_idle_timeout_secs = 5
             repair_interval_secs = 60
+            admin_listen = "127.0.0.1:9001"
+            log_format = "json"
+            shutdown_grace_secs = 2.5
 
             [backend]
             type = "s3"
@@ -1002,6 +1055,9 @@ mod tests {
             ]),
             body_idle_timeout: Duration::from_secs(5),
             repair_interval: Duration::from_secs(60),
+            admin_listen: Some("127.0.0.1:9001".parse().unwrap()),
+            log_format: LogFormat::Json,
+            shutdown_grace: Duration::from_millis(2500),
         };
         assert_eq!(config, expected);
         assert_eq!(
@@ -1082,6 +1138,9 @@ mod tests {
                 ("NARGATE_INGEST_ZSTD_LEVEL", "16"),
                 ("NARGATE_INGEST_UPLOAD_CONCURRENCY", "17"),
                 ("NARGATE_UPLOADS_ABANDON_AFTER_SECS", "60"),
+                ("NARGATE_ADMIN_LISTEN", "127.0.0.1:9101"),
+                ("NARGATE_LOG_FORMAT", "json"),
+                ("NARGATE_SHUTDOWN_GRACE_SECS", "0.5"),
                 ("NARGATE_LOG", "debug"),
                 ("NARGATE_S3_REGION", ""),
                 ("OTHER", "x"),
@@ -1117,6 +1176,12 @@ mod tests {
         assert_eq!(config.ingest, expected);
         assert_eq!(config.uploads.abandon_after, Duration::from_secs(60));
         assert_eq!(config.gateway_options().uploads.abandon_after, Duration::from_secs(60));
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9101".parse().unwrap()));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.shutdown_grace, Duration::from_millis(500));
+        let off = load("admin_listen = \"127.0.0.1:9001\"", &[("NARGATE_ADMIN_LISTEN", "off")]).unwrap();
+        assert_eq!(off.admin_listen, None, "the variable turns off what the file turns on");
+        assert_eq!(Config::from_toml("admin_listen = \"off\"").unwrap().admin_listen, None);
     }
 
     #[test]
@@ -1211,6 +1276,10 @@ mod tests {
             ("[ingest]\nzstd_level = 23", "ingest.zstd_level"),
             ("[ingest]\nmax_entries = -1", "max_entries"),
             ("[buckets.cache]\nanonymous_read = \"true\"", "anonymous_read"),
+            ("admin_listen = \"localhost:9001\"", "admin_listen"),
+            ("admin_listen = 9001", "admin_listen"),
+            ("log_format = \"xml\"", "log_format"),
+            ("shutdown_grace_secs = -1", "shutdown_grace_secs"),
         ] {
             let message = error(Config::from_toml(text));
             assert!(message.contains(key), "{text:?}: {message}");
@@ -1228,6 +1297,9 @@ mod tests {
             ("NARGATE_ACCESS_KEY_ID", "only-the-id"),
             ("NARGATE_INGEST_MAX_ENTRIES", "many"),
             ("NARGATE_INGEST_ZSTD_LEVEL", "99"),
+            ("NARGATE_ADMIN_LISTEN", "9001"),
+            ("NARGATE_LOG_FORMAT", "xml"),
+            ("NARGATE_SHUTDOWN_GRACE_SECS", "soon"),
         ] {
             let message = error(Config::load(None, env(&[(var, value), ("NARGATE_S3_BUCKET", "b")])));
             assert!(message.contains(var), "{var}={value}: {message}");

@@ -13,6 +13,7 @@
 //! - [`credentials`]: the client key pairs every gateway over one backend accepts.
 //! - [`gateway`]: the S3 front end (`nargate serve`).
 //! - [`gc`]: garbage collection, retention, verification and statistics of a store.
+//! - [`metrics`]: the counters and histograms of `/metrics`, in the Prometheus text format.
 
 pub mod backend;
 pub mod cache;
@@ -22,5 +23,6 @@ pub mod credentials;
 pub mod gateway;
 pub mod gc;
 pub mod ingest;
+pub mod metrics;
 pub mod nix;
 pub mod render;

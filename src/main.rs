@@ -2,17 +2,19 @@
 //! stored NAR; manage `credentials` and `bucket` settings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use failure::{Failure, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use nargate::backend::DynBackend;
+use nargate::backend::metered::MeteredBackend;
 use nargate::cache::{BucketRecord, BucketSettings, Cache};
 use nargate::castore::ChunkStore;
-use nargate::config::{BackendConfig, Config};
+use nargate::config::{BackendConfig, Config, LogFormat};
 use nargate::credentials::CredentialStore;
-use nargate::gateway::Gateway;
+use nargate::gateway::{Gateway, GatewayOptions, ServeOptions};
 use nargate::ingest::import::{import_path, narinfos};
 use nargate::nix::signing::SecretKey;
 use nargate::render::Renderer;
@@ -47,6 +49,9 @@ enum Command {
         /// The address to listen on (default 127.0.0.1:9000).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// The admin listener's address (`/metrics`, `/health`), or `off` (the default).
+        #[arg(long)]
+        admin_listen: Option<AdminListen>,
     },
     /// Import `file://` binary caches (narinfos and their NARs) into a bucket.
     Import {
@@ -240,17 +245,40 @@ mod failure {
     pub type Result<T> = std::result::Result<T, Failure>;
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// `--admin-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct AdminListen(Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for AdminListen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "off" { Ok(AdminListen(None)) } else { s.parse().map(|a| AdminListen(Some(a))) }
+    }
+}
+
+/// Sets up the log: to standard error, in `format`, filtered by `NARGATE_LOG` (else `RUST_LOG`,
+/// else `info`).
+fn init_logging(format: LogFormat) {
     let filter =
         std::env::var("NARGATE_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(LogFormat::Human);
+    }
     let result = match cli.command {
-        Command::Serve { store, listen } => serve(&store, listen).await,
+        Command::Serve { store, listen, admin_listen } => serve(&store, listen, admin_listen).await,
         Command::Import { store, bucket, caches } => import(&store, &bucket, &caches).await,
         Command::Cat { store, bucket, store_path, offset, length } => {
             cat(&store, &bucket, &store_path, offset, length).await
@@ -288,22 +316,43 @@ async fn open_store(store: &StoreArgs) -> Result<(Config, DynBackend)> {
     Ok((config, backend))
 }
 
-async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Result<()> {
-    let (mut config, backend) = open_store(store).await?;
+async fn serve(
+    store: &StoreArgs,
+    listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<AdminListen>,
+) -> Result<()> {
+    let mut config = load_config(store)?;
+    init_logging(config.log_format);
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    if let Some(AdminListen(admin)) = admin_listen {
+        config.admin_listen = admin;
+    }
+    let metrics = nargate::metrics::Metrics::new();
+    let backend: DynBackend = Arc::new(MeteredBackend::new(config.open_backend().await?, metrics.clone()));
     let generated =
         CredentialStore::new(backend.clone()).ensure_initial(config.client_key_pair().as_ref()).await?;
     for (name, settings) in &config.buckets {
         apply_settings(&Cache::new(backend.clone(), name), settings, false).await?;
     }
-    let options = config.gateway_options();
+    let options = GatewayOptions { metrics: metrics.clone(), ..config.gateway_options() };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure(format!("cannot listen on {}: {e}", config.listen)))?;
+    let admin = match config.admin_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| Failure(format!("cannot listen on {address} (admin_listen): {e}")))?,
+        ),
+        None => None,
+    };
     let endpoint = format!("http://{}", listener.local_addr()?);
     println!("nargate serving at {endpoint} ({})", describe_backend(&config.backend));
+    if let Some(admin) = &admin {
+        println!("admin listener at http://{} (/metrics, /health)", admin.local_addr()?);
+    }
     let id = match (&generated, config.client_key_pair()) {
         (Some(pair), _) => {
             println!("A key pair was generated and stored; its secret is shown only now:");
@@ -333,13 +382,57 @@ async fn serve(store: &StoreArgs, listen: Option<std::net::SocketAddr>) -> Resul
     );
     spawn_repair(backend.clone(), config.repair_interval, config.uploads.abandon_after);
     maintenance::spawn_gc(backend.clone(), &config);
+    maintenance::spawn_stats(backend.clone(), metrics.clone(), config.repair_interval);
     let gateway = Gateway::new(backend, options);
-    nargate::gateway::serve(listener, gateway, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-    })
-    .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let signal = shutdown_signal().await;
+            tracing::info!("{signal}: shutting down");
+            stop.cancel();
+        }
+    });
+    let serve_options = ServeOptions { shutdown_grace: config.shutdown_grace };
+    let main = nargate::gateway::serve_with(listener, gateway, stop.cancelled(), &serve_options);
+    let admin = async {
+        match admin {
+            Some(admin) => nargate::gateway::serve_admin(admin, metrics, stop.cancelled(), &serve_options)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    let (stopped, _) = tokio::try_join!(main, admin)?;
+    match stopped.cut_off {
+        false => tracing::info!(connections = stopped.connections, "stopped: every request finished"),
+        true => tracing::warn!("stopped: requests still running after the grace period were cut off"),
+    }
     Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C (SIGINT); says which came.
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                name = ctrl_c => name,
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                tracing::warn!("cannot watch for SIGTERM: {e}");
+                ctrl_c.await
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await
 }
 
 /// `nargate repair`: one repair pass over every bucket, and abandoned multipart uploads removed.

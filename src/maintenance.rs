@@ -151,10 +151,11 @@ pub async fn stats(store: &StoreArgs, bucket: Option<&str>) -> Result<()> {
     let stats = gc::stats::compute(&backend, bucket).await.map_err(|e| Failure(e.to_string()))?;
     for (name, figures) in &stats.buckets {
         println!(
-            "bucket {name}: {} store path(s), {} NAR(s), {} of NARs",
+            "bucket {name}: {} store path(s), {} NAR(s), {} of NARs in {} of chunks",
             figures.store_paths,
             figures.nars,
-            mib(figures.logical_nar_bytes)
+            mib(figures.logical_nar_bytes),
+            mib(figures.stored_chunk_bytes)
         );
     }
     println!(
@@ -198,6 +199,37 @@ pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config:
                 }
                 Err(e) => tracing::warn!("scheduled GC failed: {e}"),
             }
+        }
+    });
+}
+
+/// Publishes every bucket's NAR and chunk bytes to `/metrics` now, then every `interval`, for as
+/// long as the gateway serves (a summary counted from records, so a scrape costs nothing).
+pub fn spawn_stats(
+    backend: nargate::backend::DynBackend,
+    metrics: nargate::metrics::Metrics,
+    interval: Duration,
+) {
+    tokio::spawn(async move {
+        let mut published: Vec<String> = vec![];
+        loop {
+            match gc::stats::compute(&backend, None).await {
+                Ok(stats) => {
+                    for gone in published.iter().filter(|b| !stats.buckets.contains_key(*b)) {
+                        metrics.remove_bucket(gone);
+                    }
+                    for (bucket, figures) in &stats.buckets {
+                        metrics.set_bucket_bytes(
+                            bucket,
+                            figures.logical_nar_bytes,
+                            figures.stored_chunk_bytes,
+                        );
+                    }
+                    published = stats.buckets.keys().cloned().collect();
+                }
+                Err(e) => tracing::warn!("counting the store's bytes failed: {e}"),
+            }
+            tokio::time::sleep(interval).await;
         }
     });
 }

@@ -319,3 +319,36 @@ async fn verify_finds_missing_and_corrupt_chunks_and_repairs_listing_entries() {
     assert_eq!(keys(&backend, &entry_prefix).await, entries, "the entry is back, as it was");
     assert!(listed(&gw).await.contains(&format!("{app_hash}.narinfo")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_paths_nar_bytes_and_stored_chunks() {
+    let gw = start(common::garage_backend().await).await;
+    let backend = gw.backend.clone();
+    gw.import("one", false, &["cache-none"]).await;
+    gw.import("two", false, &["cache-zstd"]).await;
+    let (own_nar, own_hash) = generated_nar(2 << 20, 5);
+    put(&gw, "two", &format!("nar/{own_hash}.nar"), own_nar.clone()).await;
+    let stats = gc::stats::compute(&backend, None).await.unwrap();
+    let fixture_bytes: u64 = fixture_nars().iter().map(|(_, _, nar)| nar.len() as u64).sum();
+    let chunk_objects = backend::list_all(backend.as_ref(), "chunks/").await.unwrap();
+    let chunk_bytes: u64 = chunk_objects.iter().map(|o| o.size).sum();
+    let one = &stats.buckets["one"];
+    let two = &stats.buckets["two"];
+    assert_eq!((one.store_paths, one.nars, one.logical_nar_bytes), (4, 4, fixture_bytes));
+    assert_eq!(
+        (two.store_paths, two.nars, two.logical_nar_bytes),
+        (4, 5, fixture_bytes + own_nar.len() as u64)
+    );
+    assert_eq!((stats.distinct_nars, stats.distinct_nar_bytes), (5, fixture_bytes + own_nar.len() as u64));
+    assert_eq!(
+        (stats.chunks, stats.chunk_bytes, stats.nar_records),
+        (chunk_objects.len() as u64, chunk_bytes, 5)
+    );
+    // "two" uses every chunk; "one" all but the generated NAR's.
+    assert_eq!(two.stored_chunk_bytes, chunk_bytes);
+    assert!(one.stored_chunk_bytes < chunk_bytes && one.stored_chunk_bytes > 0);
+    assert!((stats.dedup_ratio() - stats.distinct_nar_bytes as f64 / chunk_bytes as f64).abs() < 1e-9);
+    let only = gc::stats::compute(&backend, Some("one")).await.unwrap();
+    assert_eq!(only.buckets.keys().collect::<Vec<_>>(), vec!["one"]);
+    assert_eq!(only.buckets["one"], *one);
+}

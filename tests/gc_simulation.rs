@@ -26,14 +26,14 @@ use common::pseudo_random;
 use futures::StreamExt;
 use nargate::backend::memory::{Clock, MemoryBackend};
 use nargate::backend::{
-    self, Attributes, Backend, BackendError, ByteStream, DynBackend, GetResult, ListPage, ListRequest, ObjectMeta,
-    PutOptions,
+    self, Attributes, Backend, BackendError, ByteStream, DynBackend, GetResult, ListPage, ListRequest,
+    ObjectMeta, PutOptions,
 };
 use nargate::cache::{BucketRecord, Cache, PathInfo};
 use nargate::castore::chunk::chunk_key;
+use nargate::castore::lease::LeaseTimes;
 use nargate::castore::{ChunkStore, ChunkerParams, NarRecord};
 use nargate::gc::{self, GcError, GcOptions, NoProgress};
-use nargate::castore::lease::LeaseTimes;
 use nargate::ingest::{IngestError, IngestOptions, ingest_nar_under, take_lease};
 use nargate::nix::narinfo::NarInfo;
 use nargate::nix::nixbase32;
@@ -90,7 +90,12 @@ impl Backend for Scheduled {
         self.turn().await;
         self.inner.stat(key).await
     }
-    async fn put_stream(&self, key: &str, body: ByteStream, options: PutOptions) -> Result<ObjectMeta, BackendError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
         self.turn().await;
         self.inner.put_stream(key, body, options).await
     }
@@ -119,7 +124,8 @@ fn paths(seed: u64) -> Vec<Path> {
         .map(|i| {
             let mut w = nargate::nix::nar::writer::NarWriter::new(Vec::new()).unwrap();
             w.directory_start().unwrap();
-            let mut chosen: Vec<usize> = (0..rng.gen_range(1..4)).map(|_| rng.gen_range(0..files.len())).collect();
+            let mut chosen: Vec<usize> =
+                (0..rng.gen_range(1..4)).map(|_| rng.gen_range(0..files.len())).collect();
             chosen.sort();
             chosen.dedup();
             for f in chosen {
@@ -133,7 +139,12 @@ fn paths(seed: u64) -> Vec<Path> {
             let hash: [u8; 32] = sha2::Sha256::digest(&nar).into();
             let store_hash = nixbase32::encode(&rng.r#gen::<[u8; 20]>());
             let store_path = StorePath::parse(&format!("/nix/store/{store_hash}-p{i}")).unwrap();
-            let info = NarInfo::new(store_path, format!("nar/{}.nar", nixbase32::encode(&hash)), &hash, nar.len() as u64);
+            let info = NarInfo::new(
+                store_path,
+                format!("nar/{}.nar", nixbase32::encode(&hash)),
+                &hash,
+                nar.len() as u64,
+            );
             Path { info, nar }
         })
         .collect()
@@ -165,11 +176,13 @@ async fn upload(store: &ChunkStore, cache: &Cache, path: &Path, narinfo_first: b
     let lease = take_lease(store, &options).await.map_err(|e| e.to_string())?;
     let landed = async {
         let ingested = ingest_nar_under(store, &path.nar[..], &options, &lease).await?;
-        cache.nar_landed(&ingested.record).await.map_err(|e| IngestError::Backend(BackendError::Remote {
-            op: "commit",
-            key: hash.clone(),
-            message: e.to_string(),
-        }))?;
+        cache.nar_landed(&ingested.record).await.map_err(|e| {
+            IngestError::Backend(BackendError::Remote {
+                op: "commit",
+                key: hash.clone(),
+                message: e.to_string(),
+            })
+        })?;
         Ok::<_, IngestError>(())
     }
     .await;
@@ -207,14 +220,19 @@ fn gc_outcome(result: Result<gc::GcReport, GcError>) -> Result<(), String> {
 /// One schedule.
 async fn schedule(seed: u64) -> Result<(), String> {
     let clock: Clock = Arc::new(SystemTime::now);
-    let backend: DynBackend =
-        Arc::new(Scheduled { inner: MemoryBackend::new(clock), rng: Mutex::new(StdRng::seed_from_u64(seed)) });
+    let backend: DynBackend = Arc::new(Scheduled {
+        inner: MemoryBackend::new(clock),
+        rng: Mutex::new(StdRng::seed_from_u64(seed)),
+    });
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31));
     let paths = Arc::new(paths(seed));
     let store = ChunkStore::new(backend.clone(), 0);
     let buckets = ["a", "b"];
     for bucket in buckets {
-        Cache::new(backend.clone(), bucket).create(BucketRecord::new_now()).await.map_err(|e| e.to_string())?;
+        Cache::new(backend.clone(), bucket)
+            .create(BucketRecord::new_now())
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let mut tasks = tokio::task::JoinSet::new();
     let mut killed = vec![];
@@ -235,14 +253,21 @@ async fn schedule(seed: u64) -> Result<(), String> {
                 tasks.spawn(async move {
                     tokio::time::sleep(delay).await;
                     let path = &paths[i];
-                    cache.remove_store_path(&path.info.store_path.hash_part()).await.map_err(|e| e.to_string())?;
-                    cache.remove_nar(&path.info.nar_hash_digest().unwrap()).await.map_err(|e| e.to_string())?;
+                    cache
+                        .remove_store_path(&path.info.store_path.hash_part())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    cache
+                        .remove_nar(&path.info.nar_hash_digest().unwrap())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok(())
                 });
             }
             _ => {
                 let grace = Duration::from_millis(rng.gen_range(0..3) * 500);
-                let kill_after = rng.gen_bool(0.3).then(|| delay + Duration::from_millis(rng.gen_range(0..1000)));
+                let kill_after =
+                    rng.gen_bool(0.3).then(|| delay + Duration::from_millis(rng.gen_range(0..1000)));
                 let handle = tasks.spawn(async move {
                     tokio::time::sleep(delay).await;
                     gc_outcome(gc::collect(&backend, &gc_options(grace), &NoProgress).await)
@@ -274,7 +299,9 @@ async fn schedule(seed: u64) -> Result<(), String> {
     // Quiet now: wait until every lease and lock has expired or gone; one GC with no grace
     // cleans up.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    gc::collect(&backend, &gc_options(Duration::ZERO), &NoProgress).await.map_err(|e| format!("the last GC: {e}"))?;
+    gc::collect(&backend, &gc_options(Duration::ZERO), &NoProgress)
+        .await
+        .map_err(|e| format!("the last GC: {e}"))?;
     check(&backend, &paths).await
 }
 
@@ -287,18 +314,22 @@ async fn check(backend: &DynBackend, paths: &[Path]) -> Result<(), String> {
         let parts: Vec<&str> = object.key.split('/').collect();
         match parts.as_slice() {
             ["caches", _, "pathinfo", _] => {
-                let bytes = backend::get_bytes(backend.as_ref(), &object.key).await.map_err(|e| e.to_string())?;
+                let bytes =
+                    backend::get_bytes(backend.as_ref(), &object.key).await.map_err(|e| e.to_string())?;
                 let info = PathInfo::decode(&bytes).map_err(|e| e.to_string())?;
                 let expected = paths
                     .iter()
                     .find(|p| p.info.store_path.to_string() == info.store_path)
                     .ok_or("an unknown store path")?;
-                let mut body = renderer.range(&info.nar_hash, 0..info.nar_size).await.map_err(|e| {
-                    format!("committed {} does not render: {e}", info.store_path)
-                })?;
+                let mut body = renderer
+                    .range(&info.nar_hash, 0..info.nar_size)
+                    .await
+                    .map_err(|e| format!("committed {} does not render: {e}", info.store_path))?;
                 let mut rendered = vec![];
                 while let Some(piece) = body.next().await {
-                    rendered.extend_from_slice(&piece.map_err(|e| format!("{} breaks off: {e}", info.store_path))?);
+                    rendered.extend_from_slice(
+                        &piece.map_err(|e| format!("{} breaks off: {e}", info.store_path))?,
+                    );
                 }
                 if rendered != expected.nar {
                     return Err(format!("{} renders other bytes", info.store_path));
@@ -312,23 +343,38 @@ async fn check(backend: &DynBackend, paths: &[Path]) -> Result<(), String> {
         }
     }
     let mut chunks = BTreeSet::new();
-    let stored_nars: BTreeSet<String> =
-        backend::list_all(backend.as_ref(), "nars/").await.map_err(|e| e.to_string())?.into_iter().map(|o| o.key).collect();
+    let stored_nars: BTreeSet<String> = backend::list_all(backend.as_ref(), "nars/")
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
     for key in nars.intersection(&stored_nars) {
         let bytes = backend::get_bytes(backend.as_ref(), key).await.map_err(|e| e.to_string())?;
         let record = NarRecord::decode(&bytes).map_err(|e| e.to_string())?;
         chunks.extend(record.chunks.iter().map(|c| chunk_key(&c.digest)));
     }
-    let stored_chunks: BTreeSet<String> =
-        backend::list_all(backend.as_ref(), "chunks/").await.map_err(|e| e.to_string())?.into_iter().map(|o| o.key).collect();
+    let stored_chunks: BTreeSet<String> = backend::list_all(backend.as_ref(), "chunks/")
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
     let reached: BTreeSet<String> = nars.intersection(&stored_nars).cloned().collect();
     if stored_nars != reached {
-        return Err(format!("NAR records left that nothing reaches: {:?}", stored_nars.difference(&reached).collect::<Vec<_>>()));
+        return Err(format!(
+            "NAR records left that nothing reaches: {:?}",
+            stored_nars.difference(&reached).collect::<Vec<_>>()
+        ));
     }
     if stored_chunks != chunks {
         let unreached: Vec<_> = stored_chunks.difference(&chunks).collect();
         let lost: Vec<_> = chunks.difference(&stored_chunks).collect();
-        return Err(format!("chunks: {} left unreached, {} reached but missing", unreached.len(), lost.len()));
+        return Err(format!(
+            "chunks: {} left unreached, {} reached but missing",
+            unreached.len(),
+            lost.len()
+        ));
     }
     Ok(())
 }

@@ -6,38 +6,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::gateway::{fixture_nars, fixtures};
+use common::serve::{Server, nargate, serve, serve_with};
 
 /// The aws cli v2 of Debian's `awscli`.
 const AWS: &str = "/usr/bin/aws";
-
-fn nargate(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_nargate")).args(args).output().expect("run nargate");
-    assert!(out.status.success(), "nargate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-/// A `nargate serve` process, killed when dropped.
-struct Server {
-    child: Child,
-    endpoint: String,
-    access_key_id: String,
-    secret: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nargate serve --data <data>`.
-fn serve(data: &Path) -> Server {
-    serve_with(&["--data", data.to_str().unwrap()])
-}
 
 /// `nargate serve` over a bucket of the test Garage (a config file in `dir`).
 fn serve_on_garage(dir: &Path) -> Server {
@@ -52,35 +27,6 @@ fn serve_on_garage(dir: &Path) -> Server {
     let file = dir.join("nargate.toml");
     std::fs::write(&file, toml).unwrap();
     serve_with(&["--config", file.to_str().unwrap()])
-}
-
-/// Starts `nargate serve <args> --listen 127.0.0.1:0` and reads what it prints: the endpoint
-/// and the key pair it generated.
-fn serve_with(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nargate"))
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("NARGATE_ACCESS_KEY_ID")
-        .env_remove("NARGATE_SECRET_ACCESS_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nargate serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut endpoint, mut id, mut secret) = (None, None, None);
-    while endpoint.is_none() || id.is_none() || secret.is_none() {
-        let line = lines.next().expect("nargate serve printed its key pair").unwrap();
-        if let Some(rest) = line.strip_prefix("nargate serving at ") {
-            endpoint = rest.split(' ').next().map(str::to_owned);
-        } else if let Some(rest) = line.trim().strip_prefix("access key id:") {
-            id = Some(rest.trim().to_owned());
-        } else if let Some(rest) = line.trim().strip_prefix("secret access key:") {
-            secret = Some(rest.trim().to_owned());
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, endpoint: endpoint.unwrap(), access_key_id: id.unwrap(), secret: secret.unwrap() }
 }
 
 impl Server {

@@ -100,7 +100,12 @@ impl Backend for MemoryBackend {
         Ok((stored.meta, stored.attributes))
     }
 
-    async fn put_stream(&self, key: &str, mut body: ByteStream, options: PutOptions) -> Result<ObjectMeta, BackendError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, BackendError> {
         validate_key(key)?;
         let mut all = BytesMut::new();
         while let Some(piece) = body.next().await {
@@ -116,8 +121,11 @@ impl Backend for MemoryBackend {
         let continuing = request.continuation_token.is_some();
         let objects = self.objects();
         let mut page = ListPage::default();
-        let start = after.as_deref().filter(|a| *a > request.prefix.as_str()).unwrap_or(request.prefix.as_str());
-        for (key, stored) in objects.range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded)) {
+        let start =
+            after.as_deref().filter(|a| *a > request.prefix.as_str()).unwrap_or(request.prefix.as_str());
+        for (key, stored) in
+            objects.range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+        {
             if after.as_deref() == Some(key.as_str()) {
                 continue;
             }
@@ -133,7 +141,8 @@ impl Backend for MemoryBackend {
                 continue;
             }
             let rest = &key[request.prefix.len()..];
-            let rolled = delimiter.and_then(|d| rest.find(d).map(|at| format!("{}{}", request.prefix, &rest[..at + d.len()])));
+            let rolled = delimiter
+                .and_then(|d| rest.find(d).map(|at| format!("{}{}", request.prefix, &rest[..at + d.len()])));
             if rolled.is_some() && page.common_prefixes.last() == rolled.as_ref() {
                 continue;
             }

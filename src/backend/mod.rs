@@ -2,8 +2,9 @@
 //!
 //! One small async trait, [`Backend`], with two implementations — [`s3`] (any S3 endpoint, through
 //! aws-sdk-s3) and [`fs`] (a local directory, the embedded default) — and tiny wrappers of the same
-//! trait that add behaviour: [`counting`] counts requests, [`fault`] injects failures for tests.
-//! [`memory`] keeps objects in memory with a clock a test controls, for simulations.
+//! trait that add behaviour: [`counting`] counts requests, [`fault`] injects failures for tests,
+//! [`metered`] times every request for the gateway's metrics; [`memory`] keeps objects in memory
+//! with a clock a test controls, for simulations.
 //! [`quickack`] is the S3 backend's HTTP client for servers that stall kept-alive connections.
 //! Keys are UTF-8 strings of 1 to 1,024 bytes, as S3 allows.
 //!
@@ -16,6 +17,7 @@ pub mod counting;
 pub mod fault;
 pub mod fs;
 pub mod memory;
+pub mod metered;
 pub mod quickack;
 pub mod s3;
 

@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 
 use super::digest::Digest;
 use crate::backend::{self, BackendError, DynBackend};
+use crate::metrics::{CacheKind, Metrics};
 
 /// Codec tag: the payload is the chunk's bytes.
 pub const CODEC_RAW: u8 = 0;
@@ -101,6 +102,7 @@ pub struct ChunkStore {
     backend: DynBackend,
     cache: moka::future::Cache<Digest, Bytes>,
     loads: Arc<Loads>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -125,7 +127,19 @@ impl ChunkStore {
             .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .max_capacity(cache_bytes)
             .build();
-        ChunkStore { backend, cache, loads: Arc::default() }
+        ChunkStore { backend, cache, loads: Arc::default(), metrics: Metrics::default() }
+    }
+
+    /// The same store, counting its cache's hits and misses (and the renderer's over it) in
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this store's cache lookups are counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The backend the chunks live on.
@@ -182,7 +196,9 @@ impl ChunkStore {
     }
 
     async fn read(&self, digest: Digest, size: u32, keep: bool) -> Result<Bytes, ChunkError> {
-        if let Some(data) = self.cache.get(&digest).await {
+        let cached = self.cache.get(&digest).await;
+        self.metrics.record_cache(CacheKind::Chunk, cached.is_some());
+        if let Some(data) = cached {
             // A table that expects another size for this digest is damaged: never serve it.
             if data.len() != size as usize {
                 return Err(ChunkError::Integrity {

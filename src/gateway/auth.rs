@@ -48,6 +48,9 @@ pub struct Access(pub Gateway);
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        // The first point where s3s tells the operation: for the request's metrics and log line.
+        let op = cx.s3_op().name().to_owned();
+        super::http::Operation::set(cx.extensions_mut(), op);
         let signed = cx.credentials().is_some();
         let bucket = match cx.s3_path() {
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),

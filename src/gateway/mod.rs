@@ -61,11 +61,12 @@ use crate::cache::{BucketSettings, Cache, MetaCache, MetaConfig};
 use crate::castore::ChunkStore;
 use crate::credentials::CredentialStore;
 use crate::ingest::IngestOptions;
+use crate::metrics::Metrics;
 use crate::render::{RenderConfig, Renderer};
 use host::VirtualHosts;
 use read::Located;
 
-pub use self::http::serve;
+pub use self::http::{ServeOptions, Stopped, serve, serve_admin, serve_with};
 
 /// How a gateway is set up ([`Default`]: the configuration's defaults,
 /// [`Config::gateway_options`](crate::config::Config::gateway_options)).
@@ -87,6 +88,11 @@ pub struct GatewayOptions {
     pub ingest: IngestOptions,
     /// A request body that sends nothing for this long fails with IncompleteBody.
     pub body_idle_timeout: Duration,
+    /// Where requests, cache lookups and (through the chunk store) renderer lookups are counted;
+    /// [`Default`]: a fresh registry of the gateway's own. Backend requests are counted by
+    /// wrapping the backend in a [`MeteredBackend`](crate::backend::metered::MeteredBackend)
+    /// over the same metrics.
+    pub metrics: Metrics,
 }
 
 impl Default for GatewayOptions {
@@ -116,6 +122,7 @@ struct Inner {
     chunks: ChunkStore,
     ingest: IngestOptions,
     body_idle_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -127,7 +134,8 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// A gateway over `backend`.
     pub fn new(backend: DynBackend, options: GatewayOptions) -> Self {
-        let chunks = ChunkStore::new(backend.clone(), options.chunk_cache_bytes);
+        let chunks =
+            ChunkStore::new(backend.clone(), options.chunk_cache_bytes).with_metrics(options.metrics.clone());
         let secrets = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(options.meta.ttl.max(Duration::from_millis(1)))
@@ -139,6 +147,7 @@ impl Gateway {
                 chunks,
                 ingest: options.ingest,
                 body_idle_timeout: options.body_idle_timeout,
+                metrics: options.metrics,
                 hosts: VirtualHosts::new(&options.domains),
                 credentials: CredentialStore::new(backend.clone()),
                 secrets,
@@ -148,6 +157,11 @@ impl Gateway {
                 backend,
             }),
         }
+    }
+
+    /// The metrics this gateway records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The cache (bucket) named `bucket`, reading through the metadata cache.
@@ -192,17 +206,23 @@ impl Gateway {
     /// The bucket and key a request addresses, for object requests (path-style `/bucket/key`,
     /// or virtual-host `bucket.<domain>/key`).
     fn locate(&self, uri: &Uri, headers: &HeaderMap) -> Option<Located> {
+        let (bucket, key) = self.target(uri, headers)?;
+        (!bucket.is_empty() && !key.is_empty()).then_some(Located { bucket, key })
+    }
+
+    /// The bucket and key a request names, either empty where it names none (`/` is ("", ""),
+    /// `/bucket` is ("bucket", "")); `None` for a path that is not percent-encoded UTF-8.
+    fn target(&self, uri: &Uri, headers: &HeaderMap) -> Option<(String, String)> {
         let path = urlencoding::decode(uri.path()).ok()?;
         let path = path.strip_prefix('/')?;
         let host = headers.get(::http::header::HOST).and_then(|h| h.to_str().ok());
-        let (bucket, key) = match host.and_then(|h| self.inner.hosts.bucket_of(h)) {
+        Some(match host.and_then(|h| self.inner.hosts.bucket_of(h)) {
             Some(bucket) => (bucket, path.to_owned()),
-            None => {
-                let (bucket, key) = path.split_once('/')?;
-                (bucket.to_owned(), key.to_owned())
-            }
-        };
-        (!bucket.is_empty() && !key.is_empty()).then_some(Located { bucket, key })
+            None => match path.split_once('/') {
+                Some((bucket, key)) => (bucket.to_owned(), key.to_owned()),
+                None => (path.to_owned(), String::new()),
+            },
+        })
     }
 }
 
@@ -224,6 +244,8 @@ impl S3Route for ReadRoute {
         match self.0.locate(uri, headers) {
             Some(located) => {
                 extensions.insert(located);
+                let name = if *method == Method::GET { "GetObject" } else { "HeadObject" };
+                http::Operation::set(extensions, name);
                 true
             }
             None => false,

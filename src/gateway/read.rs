@@ -69,7 +69,7 @@ pub fn is_object_read(uri: &Uri) -> bool {
 }
 
 /// The decoded name/value pairs of a URI's query.
-fn query_pairs(uri: &Uri) -> impl Iterator<Item = (String, String)> + '_ {
+pub(super) fn query_pairs(uri: &Uri) -> impl Iterator<Item = (String, String)> + '_ {
     let decode =
         |s: &str| urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_default();
     uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()).map(move |pair| {

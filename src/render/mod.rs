@@ -32,6 +32,7 @@ use crate::backend::{self, BackendError};
 use crate::castore::nar_record::nar_record_key;
 use crate::castore::record::RecordError;
 use crate::castore::{ChunkError, ChunkStore, NarRecord};
+use crate::metrics::CacheKind;
 
 /// Why a NAR could not be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,11 @@ impl RenderError {
         };
         std::io::Error::new(kind, self)
     }
+}
+
+/// The error of a cache load, owned (the waiters of one load share it).
+fn unshare(e: Arc<RenderError>) -> RenderError {
+    Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy())
 }
 
 /// Reads the NAR record of `nar_hash`, which must carry that NarHash.
@@ -198,13 +204,17 @@ impl Renderer {
     pub async fn table(&self, nar_hash: &[u8; 32]) -> Result<Arc<SegmentTable>, RenderError> {
         let backend = self.chunks.backend().clone();
         let hash = *nar_hash;
-        self.tables
-            .try_get_with(hash, async move {
+        let entry = self
+            .tables
+            .entry(hash)
+            .or_try_insert_with(async move {
                 let record = load_record(&backend, &hash).await?;
                 Ok::<_, RenderError>(Arc::new(SegmentTable::build(&record)?))
             })
             .await
-            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy()))
+            .map_err(unshare)?;
+        self.chunks.metrics().record_cache(CacheKind::SegmentTable, !entry.is_fresh());
+        Ok(entry.into_value())
     }
 
     /// The tree (files as keys, see [`tree`]) of the NAR with `nar_hash`: from its own cache
@@ -213,11 +223,15 @@ impl Renderer {
     /// cache or built from the same record and cached there too.
     pub async fn tree(&self, nar_hash: &[u8; 32]) -> Result<Arc<StoreTree>, RenderError> {
         let backend = self.chunks.backend().clone();
-        let (hash, tables) = (*nar_hash, self.tables.clone());
-        self.trees
-            .try_get_with(hash, async move {
+        let (hash, tables, metrics) = (*nar_hash, self.tables.clone(), self.chunks.metrics().clone());
+        let entry = self
+            .trees
+            .entry(hash)
+            .or_try_insert_with(async move {
                 let record = load_record(&backend, &hash).await?;
-                let table = match tables.get(&hash).await {
+                let cached = tables.get(&hash).await;
+                metrics.record_cache(CacheKind::SegmentTable, cached.is_some());
+                let table = match cached {
                     Some(table) => table,
                     None => {
                         let table = Arc::new(SegmentTable::build(&record)?);
@@ -228,7 +242,9 @@ impl Renderer {
                 Ok::<_, RenderError>(Arc::new(StoreTree::build(&record, table)?))
             })
             .await
-            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| shared.to_owned_lossy()))
+            .map_err(unshare)?;
+        self.chunks.metrics().record_cache(CacheKind::Tree, !entry.is_fresh());
+        Ok(entry.into_value())
     }
 
     /// A seekable reader of the NAR with `nar_hash`.

@@ -86,14 +86,7 @@ impl TestGateway {
 
     /// A client signing with another key pair.
     pub fn client_with(&self, id: &str, secret: &str) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(Credentials::new(id, secret, None, None, "tests"))
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        s3_client(&self.endpoint, id, secret)
     }
 
     /// The cache `bucket` as the gateway sees it.
@@ -119,6 +112,18 @@ impl TestGateway {
     pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpReply {
         raw_http(self.port, method, path, headers).await
     }
+}
+
+/// An `aws-sdk-s3` client of `endpoint` signing with the key pair `id`, `secret`, path-style.
+pub fn s3_client(endpoint: &str, id: &str, secret: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(id, secret, None, None, "tests"))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// A response as the raw client read it.

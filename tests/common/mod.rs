@@ -8,6 +8,7 @@ pub mod garage;
 pub mod gateway;
 pub mod nix;
 pub mod rclone;
+pub mod serve;
 
 use std::sync::Arc;
 
