@@ -7,6 +7,7 @@
 //!   the store (the least any mark and sweep must do) in the same run;
 //! - the peak RSS of `nargate gc` and `nargate verify` as processes over the same store, against
 //!   `nargate gc` on an empty store, and what that makes per marked chunk.
+//!
 //! `GC_BENCH_PATHS` sets the number of store paths (default 10,000).
 
 use std::process::{Command, Stdio};

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use super::GcError;
-use crate::backend::{self, BackendError, DynBackend};
+use crate::backend::{BackendError, DynBackend};
 use crate::castore::lease::{GC_LOCK_KEY, LockRecord, read_lock};
 
 /// The key GC writes to read the backend's clock.
@@ -120,6 +120,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+    use crate::backend;
     use crate::backend::fault::FaultyBackend;
     use crate::backend::memory::MemoryBackend;
     use crate::castore::lease::{LEASES_PREFIX, Lease};

@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::{GcError, Progress, Tally};
 use crate::backend::{self, BackendError, DynBackend, ObjectMeta, Pages};
 use crate::cache::PathInfo;
+use crate::castore::record::RecordError;
 use crate::castore::{Digest, NarRecord};
 use crate::nix::nixbase32;
 use crate::nix::store_path::StorePath;
@@ -99,7 +100,7 @@ pub async fn roots(
         let infos: Vec<_> = futures::stream::iter(path_infos)
             .map(|(bucket, key)| {
                 let backend = backend.clone();
-                async move { Ok::<_, GcError>((bucket, read_path_info(&backend, &key).await?)) }
+                async move { Ok::<_, GcError>((bucket, read_record(&backend, &key, PathInfo::decode).await?)) }
             })
             .buffer_unordered(concurrency.max(1))
             .try_collect()
@@ -117,11 +118,15 @@ pub async fn roots(
     Ok(roots)
 }
 
-/// Reads a path info: `None` if it went in the meantime; unreadable is an error (the NAR it
-/// names cannot be known).
-async fn read_path_info(backend: &DynBackend, key: &str) -> Result<Option<PathInfo>, GcError> {
+/// Reads the record at `key` with `decode`: `None` if it went in the meantime; a record that
+/// does not decode is an error (what it keeps cannot be known).
+pub(super) async fn read_record<T>(
+    backend: &DynBackend,
+    key: &str,
+    decode: fn(&[u8]) -> Result<T, RecordError>,
+) -> Result<Option<T>, GcError> {
     match backend::get_bytes(backend.as_ref(), key).await {
-        Ok(bytes) => PathInfo::decode(&bytes)
+        Ok(bytes) => decode(&bytes)
             .map(Some)
             .map_err(|e| GcError::Unreadable { key: key.to_owned(), reason: e.to_string() }),
         Err(BackendError::NotFound { .. }) => Ok(None),
@@ -173,7 +178,11 @@ pub async fn nar_records(
             .map(|object| {
                 let backend = backend.clone();
                 async move {
-                    let record = read_nar_record(&backend, &object.key).await?;
+                    // A key under nars/ that is no NAR record's has no chunks to mark.
+                    let record = match object.key.strip_prefix("nars/").and_then(parse_nar_hash) {
+                        Some(_) => read_record(&backend, &object.key, NarRecord::decode).await?,
+                        None => None,
+                    };
                     Ok::<_, GcError>((object, record))
                 }
             })
@@ -197,21 +206,6 @@ pub async fn nar_records(
         marked.chunks.len()
     ));
     Ok(marked)
-}
-
-/// Reads a NAR record: `None` if it went in the meantime or is no NAR record's key; unreadable is
-/// an error (its chunks cannot be known).
-async fn read_nar_record(backend: &DynBackend, key: &str) -> Result<Option<NarRecord>, GcError> {
-    if key.strip_prefix("nars/").and_then(parse_nar_hash).is_none() {
-        return Ok(None);
-    }
-    match backend::get_bytes(backend.as_ref(), key).await {
-        Ok(bytes) => NarRecord::decode(&bytes)
-            .map(Some)
-            .map_err(|e| GcError::Unreadable { key: key.to_owned(), reason: e.to_string() }),
-        Err(BackendError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Marked chunk digests: appended as records are read, sorted and deduplicated whenever they

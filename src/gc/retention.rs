@@ -7,8 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use futures::{StreamExt, TryStreamExt};
 
+use super::mark::read_record;
 use super::{GcError, Progress, backend_now};
-use crate::backend::{self, BackendError, DynBackend};
+use crate::backend::{self, DynBackend};
 use crate::cache::{Cache, PathInfo, list_buckets};
 use crate::castore::lease::unix_secs;
 use crate::nix::store_path::StorePath;
@@ -61,13 +62,9 @@ async fn read_paths(backend: &DynBackend, cache: &Cache) -> Result<HashMap<Strin
             let backend = backend.clone();
             let hash = key.strip_prefix(prefix.as_str()).unwrap_or(&key).to_owned();
             async move {
-                match backend::get_bytes(backend.as_ref(), &key).await {
-                    Ok(bytes) => PathInfo::decode(&bytes)
-                        .map(|info| Some((hash, info)))
-                        .map_err(|e| GcError::Unreadable { key: key.clone(), reason: e.to_string() }),
-                    Err(BackendError::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
+                Ok::<_, GcError>(
+                    read_record(&backend, &key, PathInfo::decode).await?.map(|info| (hash, info)),
+                )
             }
         })
         .buffer_unordered(16)
