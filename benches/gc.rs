@@ -5,8 +5,9 @@
 //! the bucket, and one GC with no grace removes what they alone reached. It prints:
 //! - the GC's time and backend requests per object it looked at, against a LIST of every key of
 //!   the store (the least any mark and sweep must do) in the same run;
-//! - the peak RSS of `nargate gc` and `nargate verify` as processes over the same store, against
-//!   `nargate gc` on an empty store, and what that makes per marked chunk.
+//! - the peak RSS of `nargate gc` and `nargate verify` as processes over the same store, and of
+//!   `nargate gc` over a store with a tenth of its marked chunks (written the same way, nothing
+//!   deleted): the difference per marked chunk is what the mark costs as the store grows.
 //!
 //! `GC_BENCH_PATHS` sets the number of store paths (default 10,000).
 
@@ -131,7 +132,7 @@ fn config_for(garage: &garage::Garage, bucket: &str) -> tempfile::NamedTempFile 
 async fn main() {
     let paths: u64 = std::env::var("GC_BENCH_PATHS").map_or(10_000, |n| n.parse().expect("a number"));
     let garage = tokio::task::spawn_blocking(garage::garage).await.unwrap();
-    let (bucket, empty) = (garage.create_bucket().await, garage.create_bucket().await);
+    let (bucket, small) = (garage.create_bucket().await, garage.create_bucket().await);
     let counting = Arc::new(CountingBackend::new(S3Backend::new(garage.config(&bucket)).await.unwrap()));
     let backend: DynBackend = counting.clone();
     let cache = Cache::new(backend.clone(), "bench");
@@ -145,6 +146,18 @@ async fn main() {
         })
         .await;
     let objects = backend::list_all(backend.as_ref(), "").await.unwrap().len();
+    // The small store: a twentieth of the paths, none deleted: a tenth of the big store's marked
+    // chunks.
+    let small_paths = paths / 20;
+    let small_backend: DynBackend = Arc::new(S3Backend::new(garage.config(&small)).await.unwrap());
+    let small_cache = Cache::new(small_backend.clone(), "bench");
+    small_cache.create(BucketRecord::new_now()).await.unwrap();
+    futures::stream::iter(0..small_paths)
+        .for_each_concurrent(WRITERS / CHUNKS_PER_NAR, |i| {
+            let (backend, cache) = (small_backend.clone(), small_cache.clone());
+            async move { write_path(&backend, &cache, i).await }
+        })
+        .await;
     println!(
         "generated {paths} store paths, {} chunks, {objects} objects in {:.0} s",
         paths as usize * CHUNKS_PER_NAR,
@@ -207,9 +220,9 @@ async fn main() {
     );
 
     let store_config = config_for(garage, &bucket);
-    let empty_config = config_for(garage, &empty);
-    let empty_rss = tokio::task::spawn_blocking({
-        let path = empty_config.path().to_owned();
+    let small_config = config_for(garage, &small);
+    let small_rss = tokio::task::spawn_blocking({
+        let path = small_config.path().to_owned();
         move || peak_rss_mib(&path, &["gc", "--grace", "0"])
     })
     .await
@@ -221,8 +234,9 @@ async fn main() {
     .await
     .unwrap();
     let marked = (paths as usize / 2) * CHUNKS_PER_NAR;
+    let small_marked = small_paths as usize * CHUNKS_PER_NAR;
     println!(
-        "peak RSS: nargate gc {gc_rss:.1} MiB, nargate verify {verify_rss:.1} MiB, nargate gc of an empty store {empty_rss:.1} MiB: {:.0} bytes per marked chunk ({marked} marked) for gc",
-        ((gc_rss - empty_rss).max(0.0) * (1 << 20) as f64) / marked as f64
+        "peak RSS: nargate gc {gc_rss:.1} MiB ({marked} chunks marked), nargate verify {verify_rss:.1} MiB; nargate gc of the small store {small_rss:.1} MiB ({small_marked} marked): {:.0} bytes per marked chunk more",
+        ((gc_rss - small_rss).max(0.0) * (1 << 20) as f64) / (marked - small_marked) as f64
     );
 }

@@ -174,7 +174,8 @@ pub async fn nar_records(
                 marked.unmarked.push(object);
             }
         }
-        let read: Vec<_> = futures::stream::iter(keep)
+        // Each record's chunks are marked as it arrives: no page of records is held.
+        let mut reads = futures::stream::iter(keep)
             .map(|object| {
                 let backend = backend.clone();
                 async move {
@@ -183,14 +184,13 @@ pub async fn nar_records(
                         Some(_) => read_record(&backend, &object.key, NarRecord::decode).await?,
                         None => None,
                     };
-                    Ok::<_, GcError>((object, record))
+                    Ok::<_, GcError>((object.size, record))
                 }
             })
-            .buffer_unordered(concurrency.max(1))
-            .try_collect()
-            .await?;
-        for (object, record) in read {
-            marked.kept.keep(object.size);
+            .buffer_unordered(concurrency.max(1));
+        while let Some(read) = reads.next().await {
+            let (size, record) = read?;
+            marked.kept.keep(size);
             if let Some(record) = record {
                 chunks.add(record.chunks.iter().map(|c| c.digest));
             }
@@ -209,7 +209,8 @@ pub async fn nar_records(
 }
 
 /// Marked chunk digests: appended as records are read, sorted and deduplicated whenever they
-/// have doubled, so that memory stays within about twice 32 bytes per distinct chunk.
+/// have doubled, the vector grown by a quarter at a time, so that memory stays within about
+/// 32 bytes per distinct chunk, and twice that only while duplicates accumulate.
 #[derive(Debug, Default)]
 struct MarkedChunks {
     digests: Vec<Digest>,
@@ -217,7 +218,11 @@ struct MarkedChunks {
 }
 
 impl MarkedChunks {
-    fn add(&mut self, digests: impl Iterator<Item = Digest>) {
+    fn add(&mut self, digests: impl ExactSizeIterator<Item = Digest>) {
+        if self.digests.capacity() - self.digests.len() < digests.len() {
+            // Grown by a quarter, not doubled: the spare capacity stays small.
+            self.digests.reserve_exact(digests.len().max(self.digests.len() / 4).max(1024));
+        }
         self.digests.extend(digests);
         if self.digests.len() > 2 * self.distinct.max(1 << 16) {
             self.digests.sort_unstable();
