@@ -190,6 +190,24 @@ pub async fn list_buckets(backend: &DynBackend) -> Result<Vec<(String, ObjectMet
     }
 }
 
+impl PathInfo {
+    /// The path's narinfo as uploaded (its signatures, not the bucket's), pointing at the NAR
+    /// served uncompressed at `nar/<narhash>.nar`.
+    pub fn narinfo(&self) -> Result<NarInfo, CommitError> {
+        let store_path = StorePath::parse(&self.store_path)?;
+        let url = format!("nar/{}.nar", nixbase32::encode(&self.nar_hash));
+        let mut info = NarInfo::new(store_path, url, &self.nar_hash, self.nar_size);
+        info.compression = Some("none".into());
+        info.file_hash = Some(info.nar_hash.clone());
+        info.file_size = Some(self.nar_size);
+        info.references = self.references.clone();
+        info.deriver = self.deriver.clone();
+        info.sigs = self.signatures.clone();
+        info.ca = self.ca.clone();
+        Ok(info)
+    }
+}
+
 /// One bucket's view of the store.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -548,19 +566,10 @@ impl Cache {
         })
     }
 
-    /// The narinfo this cache serves for a path: the NAR uncompressed at `nar/<narhash>.nar`, the
-    /// uploaded signatures, and the bucket's own signature when it has a key.
+    /// The narinfo this cache serves for a path: [`PathInfo::narinfo`], with the bucket's own
+    /// signature when it has a key.
     pub async fn served_narinfo(&self, path: &PathInfo) -> Result<NarInfo, CommitError> {
-        let store_path = StorePath::parse(&path.store_path)?;
-        let url = format!("nar/{}.nar", nixbase32::encode(&path.nar_hash));
-        let mut info = NarInfo::new(store_path, url, &path.nar_hash, path.nar_size);
-        info.compression = Some("none".into());
-        info.file_hash = Some(info.nar_hash.clone());
-        info.file_size = Some(path.nar_size);
-        info.references = path.references.clone();
-        info.deriver = path.deriver.clone();
-        info.sigs = path.signatures.clone();
-        info.ca = path.ca.clone();
+        let mut info = path.narinfo()?;
         if let Some(key) = self.settings().await?.and_then(|s| s.signing_key) {
             let key: SecretKey = key.parse().map_err(|e| CommitError::SigningKey(format!("{e}")))?;
             crate::nix::signing::sign_narinfo(&mut info, &key)?;

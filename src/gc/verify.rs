@@ -20,7 +20,6 @@ use crate::cache::keys::IndexEntry;
 use crate::cache::{Cache, PathInfo, list_buckets};
 use crate::castore::chunk::chunk_key;
 use crate::castore::{ChunkStore, Digest, NarRecord};
-use crate::nix::narinfo::NarInfo;
 use crate::nix::nixbase32;
 use crate::nix::store_path::StorePath;
 use crate::render::{RenderConfig, Renderer};
@@ -236,21 +235,6 @@ async fn read_path_info(
     }
 }
 
-/// The narinfo a path was uploaded with, as its path info keeps it (without the bucket's own
-/// signature), to commit it again.
-fn uploaded_narinfo(info: &PathInfo) -> Result<NarInfo, GcError> {
-    let unreadable = |e: String| GcError::Unreadable { key: info.store_path.clone(), reason: e };
-    let store_path = StorePath::parse(&info.store_path).map_err(|e| unreadable(e.to_string()))?;
-    let url = format!("nar/{}.nar", nixbase32::encode(&info.nar_hash));
-    let mut narinfo = NarInfo::new(store_path, url, &info.nar_hash, info.nar_size);
-    narinfo.compression = Some("none".into());
-    narinfo.references = info.references.clone();
-    narinfo.deriver = info.deriver.clone();
-    narinfo.sigs = info.signatures.clone();
-    narinfo.ca = info.ca.clone();
-    Ok(narinfo)
-}
-
 /// `--repair` of one bucket: commits again the paths whose entries are missing, lands again the
 /// NARs whose entry is missing, removes stale entries, runs the pending commits.
 async fn repair_bucket(
@@ -263,7 +247,7 @@ async fn repair_bucket(
 ) -> Result<(), GcError> {
     for (problem, info) in to_commit {
         let Some(nar) = cache.cache_nar(&info.nar_hash).await? else { continue };
-        cache.commit(&uploaded_narinfo(&info)?, &nar).await?;
+        cache.commit(&info.narinfo()?, &nar).await?;
         report.problems[problem].repaired = true;
     }
     for (problem, hash) in to_land {
