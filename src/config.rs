@@ -76,6 +76,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_UPLOADS_ABANDON_AFTER_SECS",
     "NARGATE_GC_INTERVAL_SECS",
     "NARGATE_GC_GRACE_SECS",
+    "NARGATE_GC_STATS_RECOUNT_SECS",
     "NARGATE_S3_ENDPOINT",
     "NARGATE_S3_REGION",
     "NARGATE_S3_BUCKET",
@@ -354,11 +355,23 @@ pub struct GcConfig {
     /// `NARGATE_GC_GRACE_SECS`).
     #[serde(rename = "grace_secs", deserialize_with = "secs")]
     pub grace: Duration,
+    /// `serve` counts the store again (the stats summary of `/metrics`) when the last count
+    /// is older than this; every GC counts it too (TOML `stats_recount_secs`,
+    /// `NARGATE_GC_STATS_RECOUNT_SECS`).
+    #[serde(rename = "stats_recount_secs", deserialize_with = "secs")]
+    pub stats_recount: Duration,
 }
+
+/// How old the stats summary may grow before `serve` counts the store again, by default.
+pub const DEFAULT_STATS_RECOUNT: Duration = Duration::from_secs(3600);
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { interval: Duration::ZERO, grace: crate::gc::DEFAULT_GRACE }
+        GcConfig {
+            interval: Duration::ZERO,
+            grace: crate::gc::DEFAULT_GRACE,
+            stats_recount: DEFAULT_STATS_RECOUNT,
+        }
     }
 }
 
@@ -648,6 +661,7 @@ impl Config {
             }
             "NARGATE_GC_INTERVAL_SECS" => self.gc.interval = duration_from_secs(parse(value)?)?,
             "NARGATE_GC_GRACE_SECS" => self.gc.grace = duration_from_secs(parse(value)?)?,
+            "NARGATE_GC_STATS_RECOUNT_SECS" => self.gc.stats_recount = duration_from_secs(parse(value)?)?,
             "NARGATE_S3_ENDPOINT" => self.s3_mut().endpoint = Some(value.to_owned()),
             "NARGATE_S3_REGION" => self.s3_mut().region = value.to_owned(),
             "NARGATE_S3_BUCKET" => self.s3_mut().bucket = value.to_owned(),
@@ -991,6 +1005,7 @@ mod tests {
             [gc]
             interval_secs = 7200
             grace_secs = 600
+            stats_recount_secs = 900
 
             [buckets.cache]
             anonymous_read = true
@@ -1039,7 +1054,11 @@ mod tests {
                 upload_concurrency: 2,
             },
             uploads: UploadsConfig { abandon_after: Duration::from_secs(3600) },
-            gc: GcConfig { interval: Duration::from_secs(7200), grace: Duration::from_secs(600) },
+            gc: GcConfig {
+                interval: Duration::from_secs(7200),
+                grace: Duration::from_secs(600),
+                stats_recount: Duration::from_secs(900),
+            },
             buckets: BTreeMap::from([
                 (
                     "cache".into(),

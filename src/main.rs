@@ -381,8 +381,13 @@ async fn serve(
         "          or, with `nargate bucket set <bucket> --anonymous-read`, substituters = {endpoint}/<bucket>"
     );
     spawn_repair(backend.clone(), config.repair_interval, config.uploads.abandon_after);
-    maintenance::spawn_gc(backend.clone(), &config);
-    maintenance::spawn_stats(backend.clone(), metrics.clone(), config.repair_interval);
+    maintenance::spawn_gc(backend.clone(), &config, metrics.clone());
+    maintenance::spawn_stats(
+        backend.clone(),
+        metrics.clone(),
+        config.repair_interval,
+        config.gc.stats_recount,
+    );
     let gateway = Gateway::new(backend, options);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({

@@ -99,6 +99,18 @@ pub fn gc_summary(report: &GcReport) -> String {
             report.missing_records
         ));
     }
+    if let Some((stats, _)) = &report.stats {
+        lines.push(format!(
+            "store counted: {} bucket(s), {} store path(s), {} distinct NAR(s) of {} in {} chunk(s) of {}; dedup ratio {:.2}",
+            stats.buckets.len(),
+            stats.buckets.values().map(|b| b.store_paths).sum::<u64>(),
+            stats.distinct_nars,
+            mib(stats.distinct_nar_bytes),
+            stats.chunks,
+            mib(stats.chunk_bytes),
+            stats.dedup_ratio()
+        ));
+    }
     lines.join("\n")
 }
 
@@ -145,10 +157,15 @@ pub async fn verify(store: &StoreArgs, bucket: Option<String>, deep: bool, repai
     Ok(())
 }
 
-/// `nargate stats`.
+/// `nargate stats`: counts the store (and, for the whole store, saves the count as the summary
+/// `/metrics` shows).
 pub async fn stats(store: &StoreArgs, bucket: Option<&str>) -> Result<()> {
     let (_, backend) = open_store(store).await?;
-    let stats = gc::stats::compute(&backend, bucket).await.map_err(|e| Failure(e.to_string()))?;
+    let stats = match bucket {
+        Some(bucket) => gc::stats::compute(&backend, Some(bucket)).await,
+        None => gc::stats::recount(&backend).await.map(|(stats, _)| stats),
+    }
+    .map_err(|e| Failure(e.to_string()))?;
     for (name, figures) in &stats.buckets {
         println!(
             "bucket {name}: {} store path(s), {} NAR(s), {} of NARs in {} of chunks",
@@ -171,8 +188,13 @@ pub async fn stats(store: &StoreArgs, bucket: Option<&str>) -> Result<()> {
 }
 
 /// Runs a GC every `[gc] interval_secs` (if not zero) for as long as the gateway serves; a turn
-/// that finds another gateway's GC running is skipped.
-pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config::Config) {
+/// that finds another gateway's GC running is skipped. Each GC's count of the store is
+/// published to `metrics`.
+pub fn spawn_gc(
+    backend: nargate::backend::DynBackend,
+    config: &nargate::config::Config,
+    metrics: nargate::metrics::Metrics,
+) {
     if config.gc.interval.is_zero() {
         return;
     }
@@ -188,12 +210,17 @@ pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config:
         loop {
             tokio::time::sleep(interval).await;
             match gc::collect(&backend, &options, &gc::NoProgress).await {
-                Ok(report) => tracing::info!(
-                    chunks_removed = report.chunks.removed,
-                    bytes_removed = report.chunks.removed_bytes,
-                    nar_records_removed = report.nar_records.removed,
-                    "scheduled GC done"
-                ),
+                Ok(report) => {
+                    tracing::info!(
+                        chunks_removed = report.chunks.removed,
+                        bytes_removed = report.chunks.removed_bytes,
+                        nar_records_removed = report.nar_records.removed,
+                        "scheduled GC done"
+                    );
+                    if let Some((stats, counted_at)) = report.stats {
+                        metrics.set_store_stats(stats, counted_at);
+                    }
+                }
                 Err(gc::GcError::Locked { owner }) => {
                     tracing::info!(%owner, "scheduled GC skipped: another GC is running")
                 }
@@ -203,33 +230,46 @@ pub fn spawn_gc(backend: nargate::backend::DynBackend, config: &nargate::config:
     });
 }
 
-/// Publishes every bucket's NAR and chunk bytes to `/metrics` now, then every `interval`, for as
-/// long as the gateway serves (a summary counted from records, so a scrape costs nothing).
+/// Publishes the store's figures to `/metrics` for as long as the gateway serves: the stats
+/// summary, loaded now and looked at again every `interval` (one GET), taken when another
+/// gateway's GC or `nargate stats` counted the store since; counted here when it is missing or
+/// older than `recount`. Between counts, the gateway's own writes change the figures (the
+/// metrics are every bucket's change sink).
 pub fn spawn_stats(
     backend: nargate::backend::DynBackend,
     metrics: nargate::metrics::Metrics,
     interval: Duration,
+    recount: Duration,
 ) {
     tokio::spawn(async move {
-        let mut published: Vec<String> = vec![];
         loop {
-            match gc::stats::compute(&backend, None).await {
-                Ok(stats) => {
-                    for gone in published.iter().filter(|b| !stats.buckets.contains_key(*b)) {
-                        metrics.remove_bucket(gone);
-                    }
-                    for (bucket, figures) in &stats.buckets {
-                        metrics.set_bucket_bytes(
-                            bucket,
-                            figures.logical_nar_bytes,
-                            figures.stored_chunk_bytes,
-                        );
-                    }
-                    published = stats.buckets.keys().cloned().collect();
-                }
-                Err(e) => tracing::warn!("counting the store's bytes failed: {e}"),
+            if let Err(e) = refresh_stats(&backend, &metrics, recount).await {
+                tracing::warn!("counting the store failed: {e}");
             }
             tokio::time::sleep(interval).await;
         }
     });
+}
+
+/// One look at the stats summary (see [`spawn_stats`]).
+async fn refresh_stats(
+    backend: &nargate::backend::DynBackend,
+    metrics: &nargate::metrics::Metrics,
+    recount: Duration,
+) -> std::result::Result<(), gc::GcError> {
+    let now = gc::backend_now(backend).await?;
+    let published = metrics.store_stats().map(|(_, counted_at)| counted_at);
+    let (stats, counted_at) = match gc::stats::load(backend).await? {
+        Some((_, counted_at)) if Some(counted_at) == published && !too_old(counted_at, now, recount) => {
+            return Ok(());
+        }
+        Some((stats, counted_at)) if !too_old(counted_at, now, recount) => (stats, counted_at),
+        _ => gc::stats::recount(backend).await?,
+    };
+    metrics.set_store_stats(stats, counted_at);
+    Ok(())
+}
+
+fn too_old(counted_at: std::time::SystemTime, now: std::time::SystemTime, recount: Duration) -> bool {
+    now.duration_since(counted_at).is_ok_and(|age| age > recount)
 }

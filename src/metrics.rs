@@ -17,7 +17,9 @@
 //! | `nargate_backend_requests_total` | counter | `op` | [`MeteredBackend`](crate::backend::metered::MeteredBackend) |
 //! | `nargate_backend_errors_total` | counter | `op` | the same, for requests that failed |
 //! | `nargate_backend_request_duration_seconds` | histogram | `op` | the same (a GET until its body starts) |
-//! | `nargate_bucket_logical_nar_bytes`, `nargate_bucket_stored_chunk_bytes` | gauge | `bucket` | [`Metrics::set_bucket_bytes`] |
+//! | `nargate_bucket_store_paths`, `nargate_bucket_nars`, `nargate_bucket_logical_nar_bytes`, `nargate_bucket_stored_chunk_bytes` | gauge | `bucket` | the stats summary: [`Metrics::set_store_stats`], then each write's [`BucketChange`] |
+//! | `nargate_store_distinct_nars`, `nargate_store_distinct_nar_bytes`, `nargate_store_chunks`, `nargate_store_chunk_bytes`, `nargate_store_nar_records`, `nargate_store_dedup_ratio` | gauge | | the same |
+//! | `nargate_stats_counted_timestamp_seconds` | gauge | | when the summary was last counted |
 //!
 //! ```
 //! use std::time::Duration;
@@ -26,20 +28,24 @@
 //! let metrics = Metrics::new();
 //! metrics.record_request("GetObject", 200, 0, 1234, Duration::from_millis(3));
 //! metrics.record_cache(CacheKind::Chunk, true);
-//! metrics.set_bucket_bytes("cache", 1000, 400);
+//! let mut stats = nargate::gc::stats::StoreStats::default();
+//! stats.apply("cache", &nargate::cache::BucketChange::nar(1, 1000));
+//! metrics.set_store_stats(stats, std::time::SystemTime::UNIX_EPOCH);
 //! let text = metrics.render();
 //! assert!(text.contains("nargate_requests_total{op=\"GetObject\",status=\"200\"} 1\n"));
 //! assert!(text.contains("nargate_cache_hits_total{cache=\"chunk\"} 1\n"));
-//! assert!(text.contains("nargate_bucket_stored_chunk_bytes{bucket=\"cache\"} 400\n"));
+//! assert!(text.contains("nargate_bucket_logical_nar_bytes{bucket=\"cache\"} 1000\n"));
 //! ```
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::backend::Op;
+use crate::cache::{BucketChange, ChangeSink};
+use crate::gc::stats::StoreStats;
 
 /// The upper bounds, in seconds, of the buckets of every latency histogram (`+Inf` follows).
 pub const LATENCY_BUCKETS: [f64; 14] =
@@ -151,7 +157,7 @@ struct Registry {
     backend_requests: [AtomicU64; 5],
     backend_errors: [AtomicU64; 5],
     backend_durations: [Histogram; 5],
-    buckets: Mutex<BTreeMap<String, (u64, u64)>>,
+    stats: Mutex<Option<(StoreStats, SystemTime)>>,
 }
 
 /// A handle to a metrics registry: cheap to clone, every clone records into the same registry.
@@ -216,16 +222,15 @@ impl Metrics {
         self.registry.backend_durations[i].observe(elapsed);
     }
 
-    /// Publishes the bytes of `bucket`: its `logical` NAR bytes (the NarSize of every NAR it
-    /// holds) and the `stored` chunk bytes those NARs take in the backend. Replaces what was
-    /// published for the bucket before.
-    pub fn set_bucket_bytes(&self, bucket: &str, logical: u64, stored: u64) {
-        lock(&self.registry.buckets).insert(bucket.to_owned(), (logical, stored));
+    /// Publishes the store's figures, as counted at `counted_at` (the stats summary): they
+    /// replace what was published, and each write's change is added to them from now on.
+    pub fn set_store_stats(&self, stats: StoreStats, counted_at: SystemTime) {
+        *lock(&self.registry.stats) = Some((stats, counted_at));
     }
 
-    /// Stops publishing the bytes of `bucket` (it was deleted).
-    pub fn remove_bucket(&self, bucket: &str) {
-        lock(&self.registry.buckets).remove(bucket);
+    /// The store's figures as published (the summary and the changes since), if counted yet.
+    pub fn store_stats(&self) -> Option<(StoreStats, SystemTime)> {
+        lock(&self.registry.stats).clone()
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -310,26 +315,73 @@ impl Metrics {
             );
         }
 
-        let buckets = lock(&r.buckets).clone();
-        for (name, help, stored) in [
-            (
-                "nargate_bucket_logical_nar_bytes",
-                "NAR bytes a bucket serves (the NarSize of its NARs).",
-                false,
-            ),
-            ("nargate_bucket_stored_chunk_bytes", "Chunk bytes a bucket's NARs take in the backend.", true),
-        ] {
-            header(&mut out, name, "gauge", help);
-            for (bucket, (logical, stored_bytes)) in &buckets {
-                let value = if stored { stored_bytes } else { logical };
-                let _ = writeln!(out, "{name}{{bucket=\"{}\"}} {value}", escape(bucket));
-            }
+        if let Some((stats, counted_at)) = lock(&r.stats).clone() {
+            write_store_stats(&mut out, &stats, counted_at);
         }
         out
     }
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric.
+impl ChangeSink for Metrics {
+    fn changed(&self, bucket: &str, change: BucketChange) {
+        if let Some((stats, _)) = lock(&self.registry.stats).as_mut() {
+            stats.apply(bucket, &change);
+        }
+    }
+}
+
+/// Writes the stats summary's gauges.
+fn write_store_stats(out: &mut String, stats: &StoreStats, counted_at: SystemTime) {
+    type Figure = fn(&crate::gc::stats::BucketStats) -> u64;
+    let per_bucket: [(&str, &str, Figure); 4] = [
+        ("nargate_bucket_store_paths", "Store paths a bucket holds.", |b| b.store_paths),
+        ("nargate_bucket_nars", "NARs a bucket holds.", |b| b.nars),
+        ("nargate_bucket_logical_nar_bytes", "NAR bytes a bucket serves (the NarSize of its NARs).", |b| {
+            b.logical_nar_bytes
+        }),
+        (
+            "nargate_bucket_stored_chunk_bytes",
+            "Chunk bytes a bucket's NARs take in the backend (shared chunks count in each bucket).",
+            |b| b.stored_chunk_bytes,
+        ),
+    ];
+    for (name, help, figure) in per_bucket {
+        header(out, name, "gauge", help);
+        for (bucket, figures) in &stats.buckets {
+            let _ = writeln!(out, "{name}{{bucket=\"{}\"}} {}", escape(bucket), figure(figures));
+        }
+    }
+    let store: [(&str, &str, f64); 6] = [
+        ("nargate_store_distinct_nars", "Distinct NARs over every bucket.", stats.distinct_nars as f64),
+        (
+            "nargate_store_distinct_nar_bytes",
+            "Their bytes (a NAR two buckets hold counts once).",
+            stats.distinct_nar_bytes as f64,
+        ),
+        ("nargate_store_chunks", "Chunk objects stored.", stats.chunks as f64),
+        ("nargate_store_chunk_bytes", "Their bytes as stored (compressed).", stats.chunk_bytes as f64),
+        ("nargate_store_nar_records", "NAR records stored.", stats.nar_records as f64),
+        (
+            "nargate_store_dedup_ratio",
+            "Distinct NAR bytes per stored chunk byte: what dedup and compression save.",
+            stats.dedup_ratio(),
+        ),
+    ];
+    for (name, help, value) in store {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let counted = counted_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    header(
+        out,
+        "nargate_stats_counted_timestamp_seconds",
+        "gauge",
+        "When the stats summary was last counted.",
+    );
+    let _ = writeln!(out, "nargate_stats_counted_timestamp_seconds {counted}");
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -397,10 +449,20 @@ mod tests {
         metrics.record_backend(Op::Get, true, Duration::from_micros(300));
         metrics.record_backend(Op::Get, false, Duration::from_millis(70));
         metrics.record_backend(Op::List, true, Duration::from_millis(3));
-        metrics.set_bucket_bytes("cache", 1000, 400);
-        metrics.set_bucket_bytes("other", 1, 2);
-        metrics.set_bucket_bytes("cache", 2000, 500);
-        metrics.remove_bucket("other");
+        metrics.changed("cache", BucketChange::store_paths(1));
+        assert!(!metrics.render().contains("nargate_bucket_"), "nothing before the first count");
+        let mut counted =
+            StoreStats { chunks: 4, chunk_bytes: 400, distinct_nar_bytes: 1000, ..Default::default() };
+        counted.apply("other", &BucketChange::nar(1, 1));
+        metrics.set_store_stats(counted.clone(), SystemTime::UNIX_EPOCH + Duration::from_secs(77));
+        counted.buckets.clear();
+        counted.apply("cache", &BucketChange::nar(1, 1000));
+        counted.apply("cache", &BucketChange { stored_chunk_bytes: 400, ..Default::default() });
+        counted.chunk_bytes = 400;
+        metrics.set_store_stats(counted, SystemTime::UNIX_EPOCH + Duration::from_secs(99));
+        metrics.changed("cache", BucketChange::nar(1, 1000));
+        metrics.changed("cache", BucketChange::store_paths(1));
+        metrics.changed("cache", BucketChange { stored_chunk_bytes: 100, chunks: 1, ..Default::default() });
         let text = metrics.render();
         assert_eq!(sample(&text, "nargate_cache_hits_total{cache=\"segment_table\"}"), Some(2.0));
         assert_eq!(sample(&text, "nargate_cache_misses_total{cache=\"segment_table\"}"), Some(1.0));
@@ -418,8 +480,14 @@ mod tests {
         let sum = sample(&text, "nargate_backend_request_duration_seconds_sum{op=\"GET\"}").unwrap();
         assert!((sum - 0.0703).abs() < 1e-9, "{sum}");
         assert_eq!(sample(&text, "nargate_bucket_logical_nar_bytes{bucket=\"cache\"}"), Some(2000.0));
+        assert_eq!(sample(&text, "nargate_bucket_nars{bucket=\"cache\"}"), Some(2.0));
+        assert_eq!(sample(&text, "nargate_bucket_store_paths{bucket=\"cache\"}"), Some(1.0));
         assert_eq!(sample(&text, "nargate_bucket_stored_chunk_bytes{bucket=\"cache\"}"), Some(500.0));
-        assert!(!text.contains("other"), "{text}");
+        assert_eq!(sample(&text, "nargate_store_chunks"), Some(5.0));
+        assert_eq!(sample(&text, "nargate_store_chunk_bytes"), Some(500.0));
+        assert_eq!(sample(&text, "nargate_store_dedup_ratio"), Some(2.0));
+        assert_eq!(sample(&text, "nargate_stats_counted_timestamp_seconds"), Some(99.0));
+        assert!(!text.contains("other"), "a new count replaces the old: {text}");
     }
 
     /// Every line is a comment (`# HELP` or `# TYPE`, once per metric, before its samples) or a
@@ -434,7 +502,9 @@ mod tests {
             }
         }
         metrics.record_backend(Op::Put, true, Duration::from_millis(12));
-        metrics.set_bucket_bytes("b\"q", 3, 4);
+        let mut stats = StoreStats::default();
+        stats.apply("b\"q", &BucketChange::nar(1, 3));
+        metrics.set_store_stats(stats, SystemTime::now());
         let text = metrics.render();
         assert!(text.ends_with('\n'));
         assert!(text.contains("op=\"odd \\\"op\\\"\\\\\\nname\""), "label values are escaped: {text}");

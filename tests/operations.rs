@@ -325,3 +325,102 @@ fn the_grace_period_bounds_shutdown() {
     let log = server.stderr.lock().unwrap().join("\n");
     assert!(log.contains("cut off"), "{log}");
 }
+
+/// Scrapes the admin listener until `done` holds of `/metrics` (at most 20 s), and returns it.
+async fn scrape_until(admin: u16, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = raw_http(admin, "GET", "/metrics", &[]).await.text();
+        if done(&text) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The store's figures on `/metrics` come from the stats summary that `nargate stats` and every
+/// GC save (the gateway does not count the store when a recent summary is there), and follow
+/// the gateway's own writes between counts: a store path and a NAR uploaded to a new bucket
+/// show at once, the chunks they share with another bucket at the next count (the GC's), and a
+/// deleted store path goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_figures_come_from_the_summary_and_follow_writes() {
+    let data = imported_store();
+    let data_arg = data.path().to_str().unwrap();
+    let printed = nargate(&["stats", "--data", data_arg]);
+    let fixture_paths = fixture_nars().len();
+    let stdout = String::from_utf8_lossy(&printed.stdout);
+    assert!(stdout.contains(&format!("bucket nix: {fixture_paths} store path(s)")), "{stdout}");
+    // The count is in a second before the gateway starts.
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let server = spawn(Spawn {
+        args: &["--data", data_arg, "--admin-listen", "127.0.0.1:0"],
+        env: &[("NARGATE_GC_STATS_RECOUNT_SECS", "86400"), ("NARGATE_REPAIR_INTERVAL_SECS", "1")],
+        capture_stderr: false,
+    });
+    let admin = server.admin_port();
+    let text = scrape_until(admin, |t| t.contains("nargate_bucket_store_paths{bucket=\"nix\"}")).await;
+    assert_eq!(sample(&text, "nargate_bucket_store_paths{bucket=\"nix\"}"), fixture_paths as f64);
+    assert_eq!(sample(&text, "nargate_bucket_nars{bucket=\"nix\"}"), fixture_paths as f64);
+    let counted = sample(&text, "nargate_stats_counted_timestamp_seconds");
+    assert!(counted < started as f64, "the summary `nargate stats` saved, not a count of its own");
+    assert!(sample(&text, "nargate_store_dedup_ratio") > 0.0);
+
+    // A store path uploaded to a new bucket: its NAR, then its narinfo.
+    let client = s3_client(&server.endpoint, &server.access_key_id, &server.secret);
+    client.create_bucket().bucket("fresh").send().await.unwrap();
+    let (path, nar_hash, nar) = fixture_nars().into_iter().next().unwrap();
+    let store_hash = &path.strip_prefix("/nix/store/").unwrap()[..32];
+    let narinfo = std::fs::read(fixtures().join("cache-none").join(format!("{store_hash}.narinfo"))).unwrap();
+    client
+        .put_object()
+        .bucket("fresh")
+        .key(format!("nar/{nar_hash}.nar"))
+        .body(nar.clone().into())
+        .send()
+        .await
+        .unwrap();
+    client
+        .put_object()
+        .bucket("fresh")
+        .key(format!("{store_hash}.narinfo"))
+        .body(narinfo.into())
+        .send()
+        .await
+        .unwrap();
+    let text = raw_http(admin, "GET", "/metrics", &[]).await.text();
+    assert_eq!(sample(&text, "nargate_bucket_store_paths{bucket=\"fresh\"}"), 1.0, "at once, no count");
+    assert_eq!(sample(&text, "nargate_bucket_nars{bucket=\"fresh\"}"), 1.0);
+    assert_eq!(sample(&text, "nargate_bucket_logical_nar_bytes{bucket=\"fresh\"}"), nar.len() as f64);
+    assert_eq!(
+        sample(&text, "nargate_bucket_stored_chunk_bytes{bucket=\"fresh\"}"),
+        0.0,
+        "its chunks were already stored for `nix`: no chunk written, until the next count"
+    );
+    assert_eq!(sample(&text, "nargate_stats_counted_timestamp_seconds"), counted);
+
+    // A GC counts the store and saves the summary; the gateway takes it at its next look.
+    let gc = nargate(&["gc", "--data", data_arg, "--grace", "0"]);
+    let gc_out = String::from_utf8_lossy(&gc.stdout);
+    assert!(gc_out.contains("store counted: 2 bucket(s)"), "{gc_out}");
+    let text = scrape_until(admin, |t| {
+        t.lines().any(|l| {
+            l.starts_with("nargate_stats_counted_timestamp_seconds") && !l.ends_with(&format!(" {counted}"))
+        })
+    })
+    .await;
+    assert!(sample(&text, "nargate_stats_counted_timestamp_seconds") > counted, "the GC's count");
+    let shared = sample(&text, "nargate_bucket_stored_chunk_bytes{bucket=\"fresh\"}");
+    assert!(
+        shared > 0.0 && shared <= nar.len() as f64,
+        "chunks shared with `nix` count in `fresh` too: {shared}"
+    );
+    assert_eq!(sample(&text, "nargate_bucket_store_paths{bucket=\"fresh\"}"), 1.0);
+
+    // A deleted store path leaves the figures at once.
+    client.delete_object().bucket("fresh").key(format!("{store_hash}.narinfo")).send().await.unwrap();
+    let text = raw_http(admin, "GET", "/metrics", &[]).await.text();
+    assert_eq!(sample(&text, "nargate_bucket_store_paths{bucket=\"fresh\"}"), 0.0);
+    assert_eq!(sample(&text, "nargate_bucket_nars{bucket=\"fresh\"}"), 1.0, "its NAR stays");
+}

@@ -6,6 +6,7 @@
 //! whichever finds the other half commits. Commit is idempotent and writes the path info last of
 //! the things a reader needs, so a reader never sees a store path it cannot render.
 
+pub mod changes;
 pub mod keys;
 pub mod listing;
 pub mod meta;
@@ -21,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use changes::{BucketChange, ChangeSink};
 pub use keys::{CacheKeys, IndexEntry};
 pub use listing::{After, ListQuery, Listing};
 pub use meta::{Cached, MetaCache, MetaConfig};
@@ -215,6 +217,7 @@ pub struct Cache {
     bucket: String,
     keys: CacheKeys,
     meta: MetaCache,
+    changes: Option<Arc<dyn ChangeSink>>,
 }
 
 /// Seconds since the Unix epoch, by this gateway's clock (for records' own times).
@@ -241,7 +244,30 @@ impl Cache {
 
     /// The cache named `bucket`, reading its small records through `meta`.
     pub fn with_meta(backend: DynBackend, bucket: &str, meta: MetaCache) -> Self {
-        Cache { backend, bucket: bucket.to_owned(), keys: CacheKeys::new(bucket), meta }
+        Cache { backend, bucket: bucket.to_owned(), keys: CacheKeys::new(bucket), meta, changes: None }
+    }
+
+    /// The same cache, telling `sink` what its writes change in the bucket's figures.
+    pub fn with_changes(mut self, sink: Arc<dyn ChangeSink>) -> Self {
+        self.changes = Some(sink);
+        self
+    }
+
+    /// An ingest for this cache wrote `chunks` new chunks of `bytes` (as stored): tells the
+    /// change sink, for the figures.
+    pub fn chunks_written(&self, chunks: usize, bytes: u64) {
+        self.tell(BucketChange {
+            chunks: i64::try_from(chunks).unwrap_or(i64::MAX),
+            stored_chunk_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            ..Default::default()
+        });
+    }
+
+    /// Tells the change sink, if there is one, of `change`.
+    fn tell(&self, change: BucketChange) {
+        if let Some(sink) = &self.changes {
+            sink.changed(&self.bucket, change);
+        }
     }
 
     /// The bucket's name.
@@ -401,10 +427,18 @@ impl Cache {
             listing_size: listing.len() as u64,
             listing_md5: md5(&listing),
         };
+        // Whether the bucket gains a NAR, for the figures (one GET, only when they are kept).
+        let new = match &self.changes {
+            Some(_) => self.get(&self.keys.cache_nar(&nar_hash)).await?.is_none(),
+            None => false,
+        };
         self.backend.put(&self.keys.cache_nar(&nar_hash), Bytes::from(cache_nar.encode())).await?;
         self.meta.invalidate(&self.keys.cache_nar(&nar_hash)).await;
         let visible = format!("nar/{nar_hash}.nar");
         self.put_index_entry(&visible, record.nar_size, &hex::encode(record.nar_md5)).await?;
+        if new {
+            self.tell(BucketChange::nar(1, record.nar_size));
+        }
         self.commit_waiting(&nar_hash, &cache_nar).await
     }
 
@@ -527,6 +561,9 @@ impl Cache {
             self.put_index_entry(key, *size, etag).await?;
         }
         self.backend.delete(&self.keys.pending(&nar_hash, &store_hash)).await?;
+        if previous.is_none() {
+            self.tell(BucketChange::store_paths(1));
+        }
         Ok(())
     }
 

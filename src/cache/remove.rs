@@ -2,7 +2,7 @@
 //! stays visible or listed. Chunks and NAR records stay (other caches may share them); GC
 //! removes what nothing reaches any more.
 
-use super::{Cache, CommitError, PathInfo};
+use super::{BucketChange, Cache, CacheNar, CommitError, PathInfo};
 use crate::backend::{self, BackendError};
 use crate::nix::nixbase32;
 use crate::nix::store_path::StorePath;
@@ -54,6 +54,7 @@ impl Cache {
             }
             let nar_hash = nixbase32::encode(&path.nar_hash);
             self.backend.delete(&self.keys.cache_nar_user(&nar_hash, store_hash)).await?;
+            self.tell(BucketChange::store_paths(-1));
         }
         let suffix = format!("/{store_hash}");
         for waiting in backend::list_all(self.backend.as_ref(), &self.keys.pending_root()).await? {
@@ -69,7 +70,7 @@ impl Cache {
     pub async fn remove_nar(&self, nar_hash: &[u8; 32]) -> Result<bool, CommitError> {
         let encoded = nixbase32::encode(nar_hash);
         let record = self.keys.cache_nar(&encoded);
-        let held = self.get(&record).await?.is_some();
+        let held = self.get(&record).await?;
         // The record first, so that no narinfo commits against the NAR while its users go.
         self.backend.delete(&record).await?;
         self.meta.invalidate(&record).await;
@@ -81,6 +82,9 @@ impl Cache {
             self.backend.delete(&user.key).await?;
         }
         self.remove_visible(&format!("nar/{encoded}.nar")).await?;
-        Ok(held)
+        if let Some(bytes) = &held {
+            self.tell(BucketChange::nar(-1, CacheNar::decode(bytes).map_or(0, |nar| nar.nar_size)));
+        }
+        Ok(held.is_some())
     }
 }

@@ -32,6 +32,8 @@ pub enum RecordKind {
     CompletedUpload,
     /// What an upload key of a cache names (`caches/<bucket>/uploadkeys/<key>`).
     UploadKey,
+    /// The store's figures as last counted (`stats/summary`).
+    Summary,
 }
 
 impl RecordKind {
@@ -50,6 +52,7 @@ impl RecordKind {
             RecordKind::Upload => b"NGUP",
             RecordKind::CompletedUpload => b"NGUC",
             RecordKind::UploadKey => b"NGUK",
+            RecordKind::Summary => b"NGST",
         }
     }
 }

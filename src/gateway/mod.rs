@@ -167,6 +167,7 @@ impl Gateway {
     /// The cache (bucket) named `bucket`, reading through the metadata cache.
     pub fn cache(&self, bucket: &str) -> Cache {
         Cache::with_meta(self.inner.backend.clone(), bucket, self.inner.meta.clone())
+            .with_changes(Arc::new(self.inner.metrics.clone()))
     }
 
     /// Removes the multipart uploads of every bucket that nothing was written to for the

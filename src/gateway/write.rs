@@ -164,6 +164,7 @@ impl Gateway {
             cache.nar_uploaded_at(key, record).await.map_err(|e| commit_error(key, e))?;
         }
         let committed = cache.nar_landed(record).await.map_err(|e| commit_error(key, e))?;
+        cache.chunks_written(ingested.chunks_uploaded, ingested.stored_chunk_bytes);
         tracing::info!(
             %key,
             nar = %canonical,

@@ -11,12 +11,15 @@
 //! 3. **Leases**: wait until every lease begun before T0 has ended or expired.
 //! 4. **Mark** ([`mark`]): the NARs that path infos, the caches' NAR entries and pending
 //!    narinfos name, and NAR records younger than the grace period, then the chunks of those
-//!    records, as a sorted list (32 bytes per marked chunk).
+//!    records, as a sorted list (16 bytes per marked chunk).
 //! 5. **Sweep** ([`sweep`]): unmarked NAR records, then unmarked chunks, older than T0 − grace,
 //!    each HEADed just before its DELETE and spared if written since; expired leases; listing
 //!    entries of keys that are gone; abandoned multipart uploads.
 //!
-//! With `dry_run` nothing is locked, waited for or deleted: the report says what would go.
+//! 6. **Count** ([`stats`]): the store's figures, saved as the stats summary.
+//!
+//! With `dry_run` nothing is locked, waited for, deleted or counted: the report says what would
+//! go.
 
 pub mod lock;
 pub mod mark;
@@ -141,6 +144,9 @@ pub struct GcReport {
     pub retention_removed: Vec<String>,
     /// NARs that a bucket names but whose record is missing (`nargate verify` tells more).
     pub missing_records: u64,
+    /// The store as counted after the sweep and saved as the stats summary, and when (not in
+    /// a dry run; `None` also if the count failed: the GC itself did not).
+    pub stats: Option<(stats::StoreStats, SystemTime)>,
 }
 
 /// Why a GC stopped.
@@ -195,8 +201,13 @@ pub async fn collect(
     let result = run(backend, options, progress, started, lock.as_ref()).await;
     if let Some(lock) = lock {
         let released = lock.release().await;
-        let report = result?;
+        let mut report = result?;
         released?;
+        // The store as the GC left it: the summary `/metrics` shows.
+        match stats::recount(backend).await {
+            Ok(counted) => report.stats = Some(counted),
+            Err(e) => tracing::warn!("counting the store after the GC failed: {e}"),
+        }
         return Ok(report);
     }
     result
@@ -224,7 +235,7 @@ async fn run(
     let sweeper =
         sweep::Sweeper { backend, cutoff, dry_run: options.dry_run, concurrency: options.concurrency };
     report.nar_records = marked.kept + sweeper.remove_all(&marked.unmarked, progress, "NAR records").await?;
-    report.chunks = sweeper.chunks(&marked.chunks, progress, lock).await?;
+    report.chunks = sweeper.chunks(marked.chunks.as_slice(), progress, lock).await?;
     report.leases = sweeper.leases(progress).await?;
     report.index_entries = sweeper.index_entries(&roots, progress).await?;
     if !options.dry_run {

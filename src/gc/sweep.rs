@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::mark::{Roots, parse_nar_hash};
+use super::mark::{BucketView, ChunkMark, Roots, chunk_mark, parse_nar_hash};
 use super::{GcError, GcLock, Progress, Tally, backend_now};
 use crate::backend::{self, BackendError, DynBackend, ObjectMeta, Pages};
 use crate::cache::keys::{CacheKeys, IndexEntry};
@@ -69,7 +69,7 @@ impl Sweeper<'_> {
     /// page by page: the listing comes in digest order, so one pass merges the two.
     pub async fn chunks(
         &self,
-        marked: &[Digest],
+        marked: &[ChunkMark],
         progress: &dyn Progress,
         lock: Option<&GcLock>,
     ) -> Result<Tally, GcError> {
@@ -82,10 +82,11 @@ impl Sweeper<'_> {
             for object in page {
                 let digest = object.key.strip_prefix("chunks/").and_then(Digest::from_hex);
                 let is_marked = digest.is_some_and(|digest| {
-                    while next < marked.len() && marked[next] < digest {
+                    let mark = chunk_mark(&digest);
+                    while next < marked.len() && marked[next] < mark {
                         next += 1;
                     }
-                    marked.get(next) == Some(&digest)
+                    marked.get(next) == Some(&mark)
                 });
                 if is_marked || digest.is_none() || object.last_modified >= self.cutoff {
                     tally.keep(object.size);
@@ -180,18 +181,18 @@ async fn remove_one(
 
 /// Whether a bucket that shows `view` has the visible key `key` (keys the GC does not know of
 /// count as shown).
-pub fn shows(view: &super::mark::BucketView, key: &str) -> bool {
+pub fn shows(view: &BucketView, key: &str) -> bool {
     if let Some(nar_hash) = key.strip_prefix("nar/").and_then(|k| k.strip_suffix(".nar")) {
-        return parse_nar_hash(nar_hash).is_some_and(|hash| view.cache_nars.contains(&hash));
+        return parse_nar_hash(nar_hash).is_some_and(|hash| view.holds_nar(&hash));
     }
     if let Some(store_hash) = key.strip_suffix(".narinfo").or_else(|| key.strip_suffix(".ls"))
         && !store_hash.contains('/')
     {
-        return view.paths.contains_key(store_hash);
+        return view.path(store_hash).is_some();
     }
     if let Some(base) = key.strip_prefix("store/").and_then(|k| k.strip_suffix(".nar")) {
         let hash = base.split_once('-').map_or(base, |(hash, _)| hash);
-        return view.paths.get(hash).is_some_and(|shown| shown == base);
+        return view.path(hash) == Some(base);
     }
     true
 }

@@ -104,23 +104,31 @@ pub async fn verify(
             continue;
         }
         report.buckets += 1;
-        let (view, listed) = list_bucket(backend, &cache, &mut report).await?;
-        for hash in view.cache_nars.iter() {
+        let (mut view, listed) = list_bucket(backend, &cache, &mut report).await?;
+        for hash in view.nars() {
             records.entry(*hash).or_default().insert(bucket.clone());
         }
+        let path_hashes: HashSet<&str> =
+            listed.path_infos.iter().filter_map(|key| key.rsplit_once('/')).map(|(_, hash)| hash).collect();
         let index_keys: HashSet<&str> = listed.index.iter().map(|(_, e)| e.key.as_str()).collect();
         let mut to_commit = vec![];
         for key in &listed.path_infos {
-            let Some(info) = read_path_info(backend, key, &mut report).await? else { continue };
+            let info = read_path_info(backend, key, &mut report).await?;
+            let path = info.as_ref().map(|info| StorePath::parse(&info.store_path));
+            let (Some(info), Some(Ok(path))) = (info.as_ref(), path) else {
+                if let Some(info) = &info {
+                    report.problem(key, format!("store path {:?} does not parse", info.store_path));
+                }
+                // Its narinfo is still the bucket's (if not its `store/` alias).
+                view.add_path(key.rsplit_once('/').map_or(key.as_str(), |(_, hash)| hash));
+                continue;
+            };
             report.store_paths += 1;
             progress.advance(1);
             records.entry(info.nar_hash).or_default().insert(bucket.clone());
-            let Ok(path) = StorePath::parse(&info.store_path) else {
-                report.problem(key, format!("store path {:?} does not parse", info.store_path));
-                continue;
-            };
+            view.add_path(&path.base_name());
             let hash = path.hash_part();
-            if !view.cache_nars.contains(&info.nar_hash) {
+            if !view.holds_nar(&info.nar_hash) {
                 report.problem(
                     key,
                     format!("its NAR {} is not held by the bucket", nixbase32::encode(&info.nar_hash)),
@@ -128,7 +136,7 @@ pub async fn verify(
             }
             for reference in &info.references {
                 let referenced = reference.split_once('-').map_or(reference.as_str(), |(h, _)| h);
-                if !view.paths.contains_key(referenced) {
+                if !path_hashes.contains(referenced) {
                     report.problem(
                         key,
                         format!("its reference {reference} is not in the bucket: the closure is broken"),
@@ -146,11 +154,12 @@ pub async fn verify(
                         missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 );
-                to_commit.push((report.problems.len() - 1, info));
+                to_commit.push((report.problems.len() - 1, info.clone()));
             }
         }
+        view.finish();
         let mut to_land = vec![];
-        for hash in &view.cache_nars {
+        for hash in view.nars() {
             let visible = format!("nar/{}.nar", nixbase32::encode(hash));
             if !index_keys.contains(visible.as_str()) {
                 report.problem(
@@ -189,13 +198,12 @@ async fn list_bucket(
     while let Some(page) = pages.next_page().await? {
         for object in page {
             let rest = &object.key[root.len()..];
-            if let Some(hash) = rest.strip_prefix("pathinfo/") {
-                // The base name is filled in below, once the path info is read.
-                view.paths.insert(hash.to_owned(), String::new());
+            if rest.starts_with("pathinfo/") {
+                // Its store path joins the view once the path info is read.
                 listed.path_infos.push(object.key);
             } else if let Some(nar) = rest.strip_prefix("nars/") {
                 if let Some(hash) = parse_nar_hash(nar) {
-                    view.cache_nars.insert(hash);
+                    view.add_nar(hash);
                 }
             } else if object.key.starts_with(&index_prefix) {
                 match IndexEntry::parse(&object.key[index_prefix.len()..]) {
@@ -205,15 +213,7 @@ async fn list_bucket(
             }
         }
     }
-    // Base names, for the `store/` aliases: from the path infos' own keys and the listing.
-    for (_, entry) in &listed.index {
-        if let Some(base) = entry.key.strip_prefix("store/").and_then(|k| k.strip_suffix(".nar"))
-            && let Some((hash, _)) = base.split_once('-')
-            && let Some(name) = view.paths.get_mut(hash)
-        {
-            *name = base.to_owned();
-        }
-    }
+    view.finish();
     Ok((view, listed))
 }
 
