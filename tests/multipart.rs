@@ -53,6 +53,7 @@ suite!(
     lists_abort_and_errors,
     parts_from_two_gateways,
     nar_by_multipart_is_ingested,
+    nar_parts_are_ingested_as_they_arrive,
     top_part_numbers,
 );
 
@@ -452,6 +453,51 @@ async fn nar_by_multipart_is_ingested(backend: DynBackend) {
     assert_eq!(complete(&client, "nix", &wrong_key, &id, &completed).await.unwrap_err().1, "BadDigest");
     let result = client.head_object().bucket("nix").key(&wrong_key).send().await;
     assert_eq!(failure(result).0, 404);
+}
+
+/// The parts of a NAR upload are ingested as they arrive (out of order, but in order once they
+/// join): before its last part is sent, chunks of it are stored, while its key shows nothing.
+/// A part taken by the ingest and then uploaded again with other bytes makes Complete ingest the
+/// upload from its start: the object is made of the parts Complete names.
+async fn nar_parts_are_ingested_as_they_arrive(backend: DynBackend) {
+    let gw = gateway(backend.clone(), MIN_PART_SIZE).await;
+    bucket(&gw, "nix").await;
+    let client = gw.client();
+    let nar = big_nar();
+    let key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&sha256(&nar)));
+    let id = create(&client, "nix", &key).await;
+    let mut parts: Vec<(i32, Vec<u8>)> =
+        nar.chunks(MIN_PART_SIZE as usize).enumerate().map(|(i, c)| (i as i32 + 1, c.to_vec())).collect();
+    let last = parts.pop().unwrap();
+    parts.swap(0, 1);
+    let mut completed = upload_parts(&client, "nix", &key, &id, parts, 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut stored = 0;
+    while stored == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stored = backend_keys(&backend, "chunks/").await.len();
+    }
+    assert!(stored > 0, "chunks of the parts sent are stored before the upload is complete");
+    assert_eq!(failure(client.head_object().bucket("nix").key(&key).send().await).0, 404);
+    completed.extend(upload_parts(&client, "nix", &key, &id, vec![last], 1).await);
+    complete(&client, "nix", &key, &id, &completed).await.unwrap();
+    let (got, _) = get(&client, "nix", &key).await;
+    assert!(got == nar, "the NAR renders back as uploaded");
+
+    // Another NAR (a byte of the large file changed, in the first part): its upload starts
+    // with the first NAR's part 1, which the ingest takes, then part 1 is sent again, right.
+    let mut other = nar.clone();
+    other[1 << 20] ^= 0x5a;
+    let other_key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&sha256(&other)));
+    let id = create(&client, "nix", &other_key).await;
+    upload_part(&client, "nix", &other_key, &id, 1, nar[..MIN_PART_SIZE as usize].to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let parts =
+        other.chunks(MIN_PART_SIZE as usize).enumerate().map(|(i, c)| (i as i32 + 1, c.to_vec())).collect();
+    let completed = upload_parts(&client, "nix", &other_key, &id, parts, 2).await;
+    complete(&client, "nix", &other_key, &id, &completed).await.expect("ingested from the parts named");
+    let (got, _) = get(&client, "nix", &other_key).await;
+    assert!(got == other, "the object is the parts Complete names");
 }
 
 /// The top part numbers complete (an upload may skip numbers), and the rules hold at the edge.

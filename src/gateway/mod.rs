@@ -41,6 +41,7 @@ pub mod error;
 pub mod host;
 pub mod http;
 pub mod multipart;
+mod progressive;
 pub mod read;
 pub mod s3;
 pub mod target;
@@ -119,6 +120,8 @@ struct Inner {
     uploads: UploadOptions,
     /// The multipart Completes running in this gateway.
     completes: multipart::Running,
+    /// The progressive ingests of multipart NAR uploads running in this gateway.
+    feeds: progressive::Feeds,
     chunks: ChunkStore,
     ingest: IngestOptions,
     body_idle_timeout: Duration,
@@ -154,6 +157,7 @@ impl Gateway {
                 configured_buckets: options.buckets,
                 uploads: options.uploads,
                 completes: multipart::Running::default(),
+                feeds: progressive::Feeds::default(),
                 backend,
             }),
         }

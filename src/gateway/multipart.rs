@@ -45,7 +45,7 @@ type Outcome = Result<String, Failure>;
 
 /// An S3 error that can be handed to several waiters.
 #[derive(Debug, Clone)]
-struct Failure {
+pub struct Failure {
     code: S3ErrorCode,
     message: Option<String>,
     status: Option<StatusCode>,
@@ -135,7 +135,7 @@ fn timestamp(time: SystemTime) -> Timestamp {
 
 impl Gateway {
     /// The staged uploads of `bucket`.
-    fn uploads(&self, bucket: &str) -> Uploads {
+    pub(super) fn uploads(&self, bucket: &str) -> Uploads {
         Uploads::new(self.inner.backend.clone(), bucket, &self.inner.uploads)
     }
 
@@ -192,6 +192,7 @@ impl Gateway {
             return Err(failure.to_s3());
         }
         let part = staged.map_err(|e| upload_error(key, e))?;
+        self.part_staged(&input.bucket, key, &input.upload_id, part.clone());
         let checksum = receipt.outcome().and_then(Result::ok).map(|r| r.checksum).unwrap_or_default();
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(part.etag())),
@@ -283,11 +284,19 @@ impl Gateway {
         }
         let (gateway, bucket, key, id) = (self.clone(), bucket.to_owned(), key.to_owned(), id.to_owned());
         let task = tokio::spawn(async move {
-            let body = staging.body(&id, &parts);
-            let attributes = uploads::with_etag(record.attributes.clone(), &etag);
-            let upload = Upload { attributes, ..Default::default() };
             let written = async {
-                gateway.write_object(&bucket, &key, body, upload).await?;
+                // A NAR whose parts were ingested as they came needs only the rest.
+                match gateway.complete_feed(&bucket, &id, &parts).await {
+                    Some(landed) => {
+                        landed.await?;
+                    }
+                    None => {
+                        let body = staging.body(&id, &parts);
+                        let attributes = uploads::with_etag(record.attributes.clone(), &etag);
+                        let upload = Upload { attributes, ..Default::default() };
+                        gateway.write_object(&bucket, &key, body, upload).await?;
+                    }
+                }
                 staging.finish(&id, &record, &etag).await.map_err(|e| upload_error(&key, e))?;
                 Ok::<_, S3Error>(etag.clone())
             }
@@ -322,6 +331,7 @@ impl Gateway {
         let input = req.input;
         self.existing(&input.bucket).await?;
         self.open_upload(&input.bucket, &input.key, &input.upload_id).await?;
+        self.stop_feed(&input.bucket, &input.upload_id);
         self.uploads(&input.bucket).abort(&input.upload_id).await.map_err(|e| upload_error(&input.key, e))?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }

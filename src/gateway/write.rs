@@ -114,7 +114,13 @@ impl Gateway {
 
     /// PUT of a NAR (plain or compressed): ingested, checked against what its key (or a narinfo
     /// naming the key) says it is, then made visible and committed with waiting narinfos.
-    async fn put_nar(&self, cache: &Cache, key: &str, target: Target, body: ByteStream) -> S3Result<String> {
+    pub(super) async fn put_nar(
+        &self,
+        cache: &Cache,
+        key: &str,
+        target: Target,
+        body: ByteStream,
+    ) -> S3Result<String> {
         let named = cache.upload_key(key).await.map_err(|e| commit_error(key, e))?;
         let expected = named.filter(|n| !n.landed);
         let options = IngestOptions {
