@@ -365,9 +365,13 @@ mod tests {
         let digests: Vec<Digest> = (0..200_000u32).map(|i| Digest::of(&(i % 70_000).to_le_bytes())).collect();
         for batch in digests.chunks(1000) {
             marked.add(batch.iter().map(chunk_mark));
+            // Within 1.5 values per distinct one (or the first 2^16), grown by a quarter.
+            let bound = (marked.distinct + (marked.distinct / 2).max(1 << 16) + 1000) * 5 / 4 + 1024;
+            assert!(marked.values.capacity() <= bound, "{} > {bound}", marked.values.capacity());
         }
         marked.finish();
         assert_eq!(marked.len(), 70_000);
+        assert_eq!(marked.values.capacity(), 70_000, "16 bytes a mark once finished");
         assert!(marked.as_slice().windows(2).all(|w| w[0] < w[1]));
         assert!(digests.iter().all(|d| marked.contains(&chunk_mark(d))));
         assert!(!marked.contains(&chunk_mark(&Digest::of(b"not added"))));
