@@ -311,7 +311,7 @@ impl Uploads {
             })
             .boxed();
         let data_key = self.data_key(id, number, &token);
-        let options = PutOptions { attributes: Attributes::default(), content_md5 };
+        let options = PutOptions { content_md5, ..Default::default() };
         self.backend.put_stream(&data_key, body, options).await?;
         let (md5, size) = {
             let state = digest.lock().map_err(|_| BackendError::Body {

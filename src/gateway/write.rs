@@ -107,7 +107,8 @@ impl Gateway {
         body: ByteStream,
         upload: Upload,
     ) -> S3Result<String> {
-        let options = PutOptions { attributes: upload.attributes, content_md5: upload.content_md5 };
+        let options =
+            PutOptions { attributes: upload.attributes, content_md5: upload.content_md5, ..Default::default() };
         let written = cache.put_plain(key, body, options).await.map_err(|e| backend_error(key, e))?;
         Ok(written.etag)
     }
