@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use nargate::backend::{
-    Attributes, BackendError, ByteStream, DynBackend, ListPage, ListRequest, MAX_KEY_LEN, ObjectMeta,
-    PutOptions, get_bytes,
+    Attributes, BackendError, ByteStream, DynBackend, LateMetadata, ListPage, ListRequest, MAX_KEY_LEN,
+    ObjectMeta, PutOptions, get_bytes,
 };
 
 type TestResult = Result<(), BackendError>;
@@ -77,6 +77,7 @@ suite!(
     put_stream_large,
     put_stream_digest_mismatch,
     put_stream_body_error,
+    late_metadata_is_stored,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -700,7 +701,7 @@ mod fs_only {
 
         // A streamed put: the MD5 is filled in, the attribute block sits before the data.
         let body = data(3 << 20, 1);
-        let options = PutOptions { attributes: full_attributes(), content_md5: None };
+        let options = PutOptions { attributes: full_attributes(), content_md5: None, ..Default::default() };
         backend.put_stream("streamed", stream_of(&body, 100_000), options).await?;
         let bytes = std::fs::read(backend.root().join("streamed.o")).expect("object file");
         assert_eq!(&bytes[..8], b"NGFO\x02\0\0\0");
@@ -907,7 +908,7 @@ mod s3_only {
     #[tokio::test]
     async fn attributes_are_s3_headers_and_user_metadata() -> TestResult {
         let (bucket, backend, client) = bucket().await;
-        let options = PutOptions { attributes: full_attributes(), content_md5: None };
+        let options = PutOptions { attributes: full_attributes(), content_md5: None, ..Default::default() };
         backend.put_stream("k", stream_of(&data(10, 1), 10), options).await?;
         let head = client.head_object().bucket(&bucket).key("k").send().await.expect("HeadObject");
         let attributes = full_attributes();
@@ -1126,7 +1127,8 @@ mod s3_only {
 async fn attributes_round_trip(backend: DynBackend) -> TestResult {
     let body = data(1000, 3);
     let attributes = full_attributes();
-    let options = PutOptions { attributes: attributes.clone(), content_md5: Some(md5_of(&body)) };
+    let options =
+        PutOptions { attributes: attributes.clone(), content_md5: Some(md5_of(&body)), ..Default::default() };
     let put = backend.put_stream("raw/log", stream_of(&body, 300), options).await?;
     assert_eq!((put.size, put.etag.as_str()), (1000, md5_hex(&body).as_str()));
 
@@ -1146,7 +1148,7 @@ async fn attributes_round_trip(backend: DynBackend) -> TestResult {
         metadata: [("only".to_owned(), "one".to_owned())].into(),
         ..Attributes::default()
     };
-    let options = PutOptions { attributes: fewer.clone(), content_md5: None };
+    let options = PutOptions { attributes: fewer.clone(), content_md5: None, ..Default::default() };
     backend.put_stream("raw/log", stream_of(&body, 1000), options).await?;
     assert_eq!(backend.stat("raw/log").await?.1, fewer);
     assert_eq!(backend.get("raw/log", None).await?.attributes, fewer);
@@ -1181,7 +1183,8 @@ async fn put_stream_small(backend: DynBackend) -> TestResult {
 async fn put_stream_large(backend: DynBackend) -> TestResult {
     // Pieces that do not divide a part, so parts are cut inside them.
     let body = data(20 << 20, 6);
-    let options = PutOptions { attributes: full_attributes(), content_md5: Some(md5_of(&body)) };
+    let options =
+        PutOptions { attributes: full_attributes(), content_md5: Some(md5_of(&body)), ..Default::default() };
     let put = backend.put_stream("large", stream_of(&body, 1_000_003), options).await?;
     assert_eq!(put.size, body.len() as u64);
     // The fs backend's ETag is the MD5; S3's that of a multipart upload of three 8 MiB parts.
@@ -1209,7 +1212,7 @@ async fn put_stream_digest_mismatch(backend: DynBackend) -> TestResult {
         assert!(is_not_found(backend.head("new").await), "{len}: nothing is visible");
 
         let old = data(10, 9);
-        let options = PutOptions { attributes: full_attributes(), content_md5: None };
+        let options = PutOptions { attributes: full_attributes(), content_md5: None, ..Default::default() };
         backend.put_stream("existing", stream_of(&old, 10), options).await?;
         let result = backend.put_stream("existing", stream_of(&body, 1 << 20), wrong).await;
         assert!(matches!(result, Err(BackendError::DigestMismatch { .. })), "{len}: {result:?}");
@@ -1236,5 +1239,42 @@ async fn put_stream_body_error(backend: DynBackend) -> TestResult {
         assert_eq!(check_object(&backend, "existing", &old).await?, md5_hex(&old), "{len}: old content kept");
     }
     assert_eq!(keys_under(&backend, "").await?, ["existing"]);
+    Ok(())
+}
+
+/// `body` in pieces of `piece` bytes, adding `entries` to `late` as it ends, as a body whose
+/// checksum came as a trailer does.
+fn stream_with_late(body: &Bytes, piece: usize, late: &LateMetadata, entries: &[(&str, &str)]) -> ByteStream {
+    let (late, entries): (LateMetadata, Vec<(String, String)>) =
+        (late.clone(), entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    let mut at_end = Some(move || late.extend(entries));
+    let end = futures::stream::poll_fn(move |_| {
+        if let Some(add) = at_end.take() {
+            add();
+        }
+        std::task::Poll::Ready(None)
+    });
+    stream_of(body, piece).chain(end).boxed()
+}
+
+/// Metadata that comes with the end of a body is stored with the object, with the attributes
+/// given before, small or over one part of the S3 backend (its multipart path); the ETag the put
+/// answers is the one HEAD shows.
+async fn late_metadata_is_stored(backend: DynBackend) -> TestResult {
+    for len in [1000, 20 << 20] {
+        let body = data(len, 12);
+        let late = LateMetadata::default();
+        let options =
+            PutOptions { attributes: full_attributes(), late_metadata: late.clone(), ..Default::default() };
+        let entries = [("x-amz-checksum-crc32", "AAAAAA==")];
+        let put =
+            backend.put_stream("late", stream_with_late(&body, 1 << 20, &late, &entries), options).await?;
+        let mut expected = full_attributes();
+        expected.metadata.insert("x-amz-checksum-crc32".into(), "AAAAAA==".into());
+        let (meta, attributes) = backend.stat("late").await?;
+        assert_eq!(attributes, expected, "{len}");
+        assert_eq!((meta.etag, meta.size), (put.etag.clone(), len as u64), "{len}");
+        assert_eq!(check_object(&backend, "late", &body).await?, put.etag, "{len}");
+    }
     Ok(())
 }

@@ -55,6 +55,7 @@ suite!(
     nar_by_multipart_is_ingested,
     nar_parts_are_ingested_as_they_arrive,
     top_part_numbers,
+    checksums_composite_and_full_object,
 );
 
 /// A gateway over `backend` whose uploads need parts of at least `min_part_size` (but the last).
@@ -624,4 +625,107 @@ fn big_nar() -> Vec<u8> {
     w.entry_end().unwrap();
     w.directory_end().unwrap();
     w.finish().unwrap()
+}
+
+/// The raw checksum of `data` by `alg` (`crc32` or `crc64nvme`), computed here.
+fn raw_checksum(alg: &str, data: &[u8]) -> Vec<u8> {
+    use s3s::crypto::Checksum as _;
+    match alg {
+        "crc32" => s3s::crypto::Crc32::checksum(data).to_vec(),
+        _ => s3s::crypto::Crc64Nvme::checksum(data).to_vec(),
+    }
+}
+
+fn b64(raw: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// An upload created with a checksum algorithm, whose parts carry their checksums: Complete, HEAD
+/// and GET with checksum mode answer the object's — CRC32 COMPOSITE (the CRC32 of the parts'
+/// CRC32s, `-N`), CRC64NVME FULL_OBJECT (the whole object's, larger than one S3-backend part
+/// here, so the backend's multipart path keeps it too) — and the `-N` ETag stays.
+async fn checksums_composite_and_full_object(backend: DynBackend) {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType};
+    let gw = gateway(backend, 1 << 20).await;
+    bucket(&gw, "sums").await;
+    let client = gw.client();
+    let cases = [
+        ("crc32", ChecksumAlgorithm::Crc32, vec![(1 << 20) + 7, 1 << 20, 1_000]),
+        ("crc64nvme", ChecksumAlgorithm::Crc64Nvme, vec![5 << 20, (4 << 20) + 3]),
+    ];
+    for (alg, algorithm, sizes) in cases {
+        let key = format!("log/{alg}");
+        let parts: Vec<Vec<u8>> =
+            sizes.iter().enumerate().map(|(i, n)| pseudo_random(*n, 90 + i as u64)).collect();
+        let created = client
+            .create_multipart_upload()
+            .bucket("sums")
+            .key(&key)
+            .checksum_algorithm(algorithm.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.checksum_algorithm(), Some(&algorithm));
+        let id = created.upload_id().unwrap();
+        let mut completed = vec![];
+        for (i, data) in parts.iter().enumerate() {
+            let number = i as i32 + 1;
+            let out = client
+                .upload_part()
+                .bucket("sums")
+                .key(&key)
+                .upload_id(id)
+                .part_number(number)
+                .checksum_algorithm(algorithm.clone())
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .unwrap();
+            let sum = b64(&raw_checksum(alg, data));
+            let answered = if alg == "crc32" { out.checksum_crc32() } else { out.checksum_crc64_nvme() };
+            assert_eq!(answered, Some(sum.as_str()), "part {number} of {alg}");
+            let part = CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned));
+            completed.push(match alg {
+                "crc32" => part.checksum_crc32(sum).build(),
+                _ => part.checksum_crc64_nvme(sum).build(),
+            });
+        }
+        let (expected, expected_type) = match alg {
+            "crc32" => {
+                let sums: Vec<u8> = parts.iter().flat_map(|p| raw_checksum(alg, p)).collect();
+                (format!("{}-{}", b64(&raw_checksum(alg, &sums)), parts.len()), ChecksumType::Composite)
+            }
+            _ => (b64(&raw_checksum(alg, &parts.concat())), ChecksumType::FullObject),
+        };
+        let list = CompletedMultipartUpload::builder().set_parts(Some(completed)).build();
+        let done = client
+            .complete_multipart_upload()
+            .bucket("sums")
+            .key(&key)
+            .upload_id(id)
+            .multipart_upload(list)
+            .send()
+            .await
+            .unwrap();
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        assert_eq!(done.e_tag(), Some(expected_etag(&slices).as_str()));
+        let of_done = if alg == "crc32" { done.checksum_crc32() } else { done.checksum_crc64_nvme() };
+        assert_eq!((of_done, done.checksum_type()), (Some(expected.as_str()), Some(&expected_type)), "{alg}");
+
+        let head =
+            client.head_object().bucket("sums").key(&key).checksum_mode(ChecksumMode::Enabled).send().await;
+        let head = head.unwrap();
+        let of_head = if alg == "crc32" { head.checksum_crc32() } else { head.checksum_crc64_nvme() };
+        assert_eq!((of_head, head.checksum_type()), (Some(expected.as_str()), Some(&expected_type)), "{alg}");
+        assert_eq!(head.e_tag(), Some(expected_etag(&slices).as_str()), "{alg}");
+        assert!(head.metadata().is_none_or(|m| m.is_empty()), "nothing of the gateway's shows: {head:?}");
+
+        let got =
+            client.get_object().bucket("sums").key(&key).checksum_mode(ChecksumMode::Enabled).send().await;
+        let got = got.unwrap();
+        let of_get = if alg == "crc32" { got.checksum_crc32() } else { got.checksum_crc64_nvme() };
+        assert_eq!(of_get, Some(expected.as_str()), "{alg}");
+        // For a full-object checksum, the SDK checks the body against it as it reads.
+        assert!(got.body.collect().await.unwrap().into_bytes() == parts.concat(), "{alg}");
+    }
 }

@@ -751,3 +751,82 @@ async fn copy_object_writes_what_a_put_of_the_source_would() {
     let missing = client.copy_object().copy_source("from/log/none").bucket("into").key("log/c").send().await;
     assert_eq!(failure(missing), (404, "NoSuchKey".into()));
 }
+
+/// Records the `x-amz-trailer` header of each request it sees.
+#[derive(Debug, Clone, Default)]
+struct Trailers(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl aws_sdk_s3::config::Intercept for Trailers {
+    fn name(&self) -> &'static str {
+        "tests::Trailers"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let trailer = context.request().headers().get("x-amz-trailer").unwrap_or_default().to_owned();
+        self.0.lock().unwrap().push(trailer);
+        Ok(())
+    }
+}
+
+/// The CRC64NVME of `data`, base64, as S3 gives it.
+fn crc64nvme(data: &[u8]) -> String {
+    use s3s::crypto::Checksum as _;
+    base64::engine::general_purpose::STANDARD.encode(s3s::crypto::Crc64Nvme::checksum(data))
+}
+
+/// The SDK sends a streaming body's checksum (here CRC64NVME, as the aws cli does by default) as
+/// an aws-chunked trailer (an in-memory body's goes as a header): it is kept with the plain object — small (one PutObject on the backend) or larger than one backend part
+/// (a multipart upload on the backend, which gets the checksum after Complete) — and HEAD and
+/// GET with checksum mode return it, with type FULL_OBJECT and the ETag PutObject answered.
+#[tokio::test]
+async fn trailer_checksums_are_kept_with_plain_objects() {
+    use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("sums").send().await.unwrap();
+    let large = nargate::backend::s3::PART_SIZE + 12_345;
+    for (key, size) in [("log/small", 1_000), ("log/large", large)] {
+        let body = common::pseudo_random(size, size as u64);
+        let expected = crc64nvme(&body);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &body).unwrap();
+        let trailers = Trailers::default();
+        let put = client
+            .put_object()
+            .bucket("sums")
+            .key(key)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc64Nvme)
+            .body(ByteStream::from_path(file.path()).await.unwrap())
+            .customize()
+            .interceptor(trailers.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(*trailers.0.lock().unwrap(), ["x-amz-checksum-crc64nvme"], "{key}: sent as a trailer");
+        assert_eq!(put.checksum_crc64_nvme(), Some(expected.as_str()), "{key}");
+        assert_eq!(put.checksum_type(), Some(&ChecksumType::FullObject), "{key}");
+
+        let head =
+            client.head_object().bucket("sums").key(key).checksum_mode(ChecksumMode::Enabled).send().await;
+        let head = head.unwrap();
+        assert_eq!(head.checksum_crc64_nvme(), Some(expected.as_str()), "{key}: {head:?}");
+        assert_eq!(head.checksum_type(), Some(&ChecksumType::FullObject), "{key}");
+        assert_eq!(head.e_tag(), put.e_tag(), "{key}: the ETag PutObject answered");
+        assert!(head.metadata().is_none_or(|m| m.is_empty()), "checksums are not user metadata: {head:?}");
+
+        let got =
+            client.get_object().bucket("sums").key(key).checksum_mode(ChecksumMode::Enabled).send().await;
+        let got = got.unwrap();
+        assert_eq!(got.checksum_crc64_nvme(), Some(expected.as_str()), "{key}");
+        // The SDK checks the body against the checksum as it reads it.
+        assert!(got.body.collect().await.unwrap().into_bytes() == body, "{key}");
+
+        let plain = client.head_object().bucket("sums").key(key).send().await.unwrap();
+        assert_eq!(plain.checksum_crc64_nvme(), None, "{key}: not shown unless asked for");
+    }
+}

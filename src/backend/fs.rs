@@ -44,7 +44,9 @@
 //! A PUT writes a temporary file in `<root>/.tmp`, fsyncs it, renames it onto the object's path
 //! and fsyncs the directory. A streaming PUT writes the header with a zero MD5 first, then the
 //! body as it arrives, and writes the MD5 into the header once the body has ended (and matched
-//! the client's Content-MD5), before the fsync; on any error, or when the put is dropped, the
+//! the client's Content-MD5), before the fsync (metadata known only at the body's end —
+//! [`PutOptions::late_metadata`] — makes a new temporary file instead, the final header followed by
+//! the data copied from the first); on any error, or when the put is dropped, the
 //! temporary file is removed. So a reader sees the old object or the new one, and a crash leaves at
 //! most a stray temporary file (removed when a backend is next opened, once it is an hour old).
 //! DELETE removes the file and any directories it leaves empty.
@@ -231,6 +233,7 @@ impl Backend for FsBackend {
         let io_err = |source| BackendError::Io { key: key.to_owned(), source };
         // The MD5 is not known yet: a zero one stands in until the body has ended.
         let header = encode_header(&[0; 16], &encode_attributes(key, &options.attributes)?);
+        let data_offset = header.len() as u64;
         let owned = key.to_owned();
         let (tmp, file) = self
             .blocking(key, move |root| {
@@ -254,12 +257,24 @@ impl Backend for FsBackend {
         file.flush().await.map_err(io_err)?;
         let md5: [u8; 16] = md5.finalize().into();
         options.check_md5(key, &md5)?;
+        // Metadata that came with the body's end makes a longer header: then the data moves to a
+        // file of its own behind it (rare: trailer checksums of plain objects).
+        let attributes = options.final_attributes();
+        let late_header = (attributes != options.attributes)
+            .then(|| encode_attributes(key, &attributes).map(|block| encode_header(&md5, &block)))
+            .transpose()?;
         let file = file.into_std().await;
         let owned = key.to_owned();
         self.blocking(key, move |root| {
             use std::os::unix::fs::FileExt;
             let io_err = |source| BackendError::Io { key: owned.clone(), source };
-            file.write_all_at(&md5, MD5_OFFSET).map_err(io_err)?;
+            let (file, tmp) = match late_header {
+                None => {
+                    file.write_all_at(&md5, MD5_OFFSET).map_err(io_err)?;
+                    (file, tmp)
+                }
+                Some(header) => rewrite_header(root, &file, data_offset, &header).map_err(io_err)?,
+            };
             file.sync_all().map_err(io_err)?;
             let last_modified = file.metadata().and_then(|m| m.modified()).map_err(io_err)?;
             drop(file);
@@ -508,6 +523,23 @@ fn read_meta(file: &mut File, key: &str) -> Result<(ObjectMeta, Header), Backend
 /// A new temporary file for a put.
 fn new_tmp(root: &Path) -> io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new().prefix("put-").tempfile_in(root.join(TMP_DIR))
+}
+
+/// A new temporary object file with `header` and the data of `file` from `data_offset` on (copied
+/// in the kernel where it can be), and its path, which removes it when dropped.
+fn rewrite_header(
+    root: &Path,
+    mut file: &File,
+    data_offset: u64,
+    header: &[u8],
+) -> io::Result<(File, tempfile::TempPath)> {
+    use std::io::Seek;
+    let mut tmp = new_tmp(root)?;
+    tmp.write_all(header)?;
+    file.seek(SeekFrom::Start(data_offset))?;
+    io::copy(&mut file, tmp.as_file_mut())?;
+    let copy = tmp.as_file().try_clone()?;
+    Ok((copy, tmp.into_temp_path()))
 }
 
 /// Writes `key`'s object file (without attributes) atomically and durably.

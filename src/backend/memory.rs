@@ -112,7 +112,7 @@ impl Backend for MemoryBackend {
             all.extend_from_slice(&piece?);
         }
         options.check_md5(key, &crate::cache::md5(&all))?;
-        self.store(key, all.freeze(), options.attributes)
+        self.store(key, all.freeze(), options.final_attributes())
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, BackendError> {

@@ -23,7 +23,7 @@ pub mod s3;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -93,6 +93,29 @@ pub struct Attributes {
 /// A body streamed into a put.
 pub type ByteStream = BoxStream<'static, Result<Bytes, BackendError>>;
 
+/// User metadata only known once a put's body has ended (a checksum that came as a trailer after
+/// the last byte): whoever produces the body fills it before the body's stream ends, and the
+/// backend reads it after it consumed the body, before the object becomes visible.
+#[derive(Debug, Clone, Default)]
+pub struct LateMetadata(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl LateMetadata {
+    /// Adds `entries` (names lowercase, without `x-amz-meta-`).
+    pub fn extend(&self, entries: impl IntoIterator<Item = (String, String)>) {
+        self.lock().extend(entries);
+    }
+
+    /// The entries added so far.
+    pub fn entries(&self) -> BTreeMap<String, String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        // A panic while the map was held leaves it consistent (each change is one call).
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Options of a streaming put.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
@@ -100,9 +123,20 @@ pub struct PutOptions {
     pub attributes: Attributes,
     /// The MD5 the client sent (Content-MD5): a mismatch fails the put and nothing becomes visible.
     pub content_md5: Option<[u8; 16]>,
+    /// Metadata stored with the object too, known once the body has ended: a backend reads it
+    /// (through [`final_attributes`](Self::final_attributes)) only after the body's last byte.
+    pub late_metadata: LateMetadata,
 }
 
 impl PutOptions {
+    /// The attributes to store once the body has ended: [`attributes`](Self::attributes) with
+    /// the [`late_metadata`](Self::late_metadata) added.
+    pub fn final_attributes(&self) -> Attributes {
+        let mut attributes = self.attributes.clone();
+        attributes.metadata.extend(self.late_metadata.entries());
+        attributes
+    }
+
     /// Checks the MD5 of the bytes received against [`content_md5`](Self::content_md5), if
     /// the client sent one: a mismatch is [`BackendError::DigestMismatch`].
     pub fn check_md5(&self, key: &str, received: &[u8; 16]) -> Result<(), BackendError> {

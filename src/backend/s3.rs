@@ -22,7 +22,11 @@
 //! 80 GB), whose ETag is the server's (`<hex>-<parts>`, as LIST shows it too). A multipart upload that fails — the body, a
 //! part, or the whole body's MD5 against the client's — is aborted before the error is returned,
 //! and one whose put is dropped half-way (even before CreateMultipartUpload answered) is aborted
-//! in a task of its own.
+//! in a task of its own. Metadata known only at the body's end ([`PutOptions::late_metadata`]) is
+//! free for one PutObject; a multipart upload, created before the body ended, gets it after
+//! Complete from a CopyObject of the object onto itself that replaces its metadata, only while it
+//! is still that object (`x-amz-copy-source-if-match`): its bytes are visible a moment before that
+//! metadata, and an object over CopyObject's 5 GiB limit goes without it.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -40,7 +44,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
@@ -53,6 +57,9 @@ use super::{
 
 /// The size of the parts of a streaming put, and the largest body it sends in one PutObject.
 pub const PART_SIZE: usize = 8 << 20;
+
+/// The largest object one CopyObject copies (S3's limit).
+const MAX_COPY_SIZE: u64 = 5 << 30;
 
 /// The most parts a multipart upload may have (S3's limit).
 const MAX_PARTS: i32 = 10_000;
@@ -361,16 +368,70 @@ impl S3Backend {
         });
         let upload =
             receiver.await.map_err(|_| remote(Op::Put, key, "the task creating the upload died"))??;
-        match self.upload_parts(key, &upload, first, &mut parts, &options).await {
+        let full = upload.full.clone();
+        let written = match self.upload_parts(key, &upload, first, &mut parts, &options).await {
             Ok(meta) => {
                 upload.disarm();
-                Ok(meta)
+                meta
             }
             Err(error) => {
                 upload.abort(key).await;
-                Err(error)
+                return Err(error);
             }
+        };
+        let attributes = options.final_attributes();
+        if attributes == options.attributes {
+            return Ok(written);
         }
+        self.replace_attributes(key, &full, written, attributes).await
+    }
+
+    /// Stores `attributes` with the object `full` that a multipart upload has just written as
+    /// `written`, replacing those it was created with (metadata that came with the body's end,
+    /// after CreateMultipartUpload): a CopyObject of the object onto itself, only while it is still
+    /// that object (`x-amz-copy-source-if-match`), so the bytes are visible a moment before these
+    /// attributes. An object replaced meanwhile keeps its own; one over CopyObject's 5 GiB limit
+    /// keeps its first attributes.
+    async fn replace_attributes(
+        &self,
+        key: &str,
+        full: &str,
+        written: ObjectMeta,
+        attributes: Attributes,
+    ) -> Result<ObjectMeta, BackendError> {
+        if written.size > MAX_COPY_SIZE {
+            tracing::warn!(
+                key,
+                size = written.size,
+                "too large to copy: metadata of the body's end not kept"
+            );
+            return Ok(written);
+        }
+        let source = format!("{}/{}", self.bucket, urlencoding::encode(full).replace("%2F", "/"));
+        let request = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .copy_source(source)
+            .copy_source_if_match(format!("\"{}\"", written.etag))
+            .metadata_directive(MetadataDirective::Replace);
+        let date = DateCapture::default();
+        let sent = with_attributes!(request, attributes).customize().interceptor(date.clone()).send().await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(412) => {
+                tracing::info!(key, "replaced before its late metadata was stored: left as it is");
+                return Ok(written);
+            }
+            Err(e) => return Err(classify(Op::Put, key, e)),
+        };
+        let etag = out.copy_object_result().and_then(|r| r.e_tag()).map(str::to_owned);
+        Ok(ObjectMeta {
+            etag: etag.map_or(written.etag, |e| unquote(Some(&e))),
+            last_modified: date.get().unwrap_or(written.last_modified),
+            ..written
+        })
     }
 
     /// Uploads the parts of `upload` and completes it if the whole body's MD5 is right.
@@ -536,7 +597,7 @@ impl Backend for S3Backend {
         }
         let (md5, _) = parts.digest();
         options.check_md5(key, &md5)?;
-        self.put_object(key, &full, first, md5, options.attributes).await
+        self.put_object(key, &full, first, md5, options.final_attributes()).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {

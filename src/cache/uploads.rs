@@ -311,7 +311,7 @@ impl Uploads {
             })
             .boxed();
         let data_key = self.data_key(id, number, &token);
-        let options = PutOptions { attributes: Attributes::default(), content_md5 };
+        let options = PutOptions { content_md5, ..Default::default() };
         self.backend.put_stream(&data_key, body, options).await?;
         let (md5, size) = {
             let state = digest.lock().map_err(|_| BackendError::Body {
@@ -479,9 +479,14 @@ impl Uploads {
 /// [`client_metadata_allowed`].
 pub const ETAG_METADATA: &str = "nargate-multipart-etag";
 
+/// The user-metadata name under which an upload's record keeps how the object's checksum is
+/// made (CreateMultipartUpload's checksum algorithm and type, as the gateway writes them); it is
+/// not kept with the object. Clients cannot set it either.
+pub const CHECKSUM_METADATA: &str = "nargate-multipart-checksum";
+
 /// Whether a client may set user metadata `name` (lowercase): not the gateway's own.
 pub fn client_metadata_allowed(name: &str) -> bool {
-    name != ETAG_METADATA
+    name != ETAG_METADATA && name != CHECKSUM_METADATA
 }
 
 /// The attributes of an object written by a multipart upload whose ETag is `etag`.

@@ -1,8 +1,10 @@
 //! The body of an upload as the gateway reads it: streamed (never held whole), its MD5 (the
 //! ETag) and any checksum the client sent computed on the way through, and checked at its end:
 //! `Content-MD5`, `x-amz-checksum-*` as a header or as an aws-chunked trailer (s3s decodes the
-//! framing and verifies the trailer's signature; the values are ours to check). A body that
-//! stalls longer than the idle timeout ends with an error instead of holding the request open.
+//! framing and verifies the trailer's signature; the values are ours to check). A trailer's
+//! checksum, once it matched, is handed on as metadata of the body's end
+//! ([`Receipt::late_metadata`]), so that a plain object keeps it as it keeps a header's. A body
+//! that stalls longer than the idle timeout ends with an error instead of holding the request open.
 //!
 //! The stream ends in an error on any failure, so that whatever consumes it (a backend put, the
 //! ingest) stops and commits nothing; the [`Receipt`] then says why, for the S3 error.
@@ -16,11 +18,11 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::Digest as _;
-use s3s::crypto::Checksum as _;
 use s3s::dto::{Checksum, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, TrailingHeaders, s3_error};
 
-use crate::backend::{BackendError, ByteStream};
+use super::checksum::Hasher;
+use crate::backend::{BackendError, ByteStream, LateMetadata};
 
 /// The prefix of the checksum headers; also the names under which a plain object's checksums
 /// are kept in its metadata (user metadata with this prefix is not accepted).
@@ -77,16 +79,10 @@ impl Expected {
         Ok(Expected { content_md5, checksum, trailer, trailing_headers })
     }
 
-    /// The checksums given as headers, as metadata entries to keep with a plain object
-    /// (trailer checksums arrive after the object's metadata is written, so they are checked
-    /// but not kept).
+    /// The checksums given as headers, as metadata entries to keep with a plain object (those
+    /// of trailers, checked once the body has ended, are the [`Receipt::late_metadata`]).
     pub fn header_checksums(&self) -> Vec<(String, String)> {
-        ALGORITHMS
-            .iter()
-            .filter_map(|alg| {
-                Some((format!("{CHECKSUM_PREFIX}{alg}"), value_of(&self.checksum, alg)?.trim().to_owned()))
-            })
-            .collect()
+        super::checksum::full_object_entries(&self.checksum)
     }
 
     /// The algorithms to compute: those with a value in a header or a trailer.
@@ -167,12 +163,22 @@ impl BodyError {
 
 /// How a body ended, once it has: shared by the stream and whoever answers the request.
 #[derive(Debug, Clone, Default)]
-pub struct Receipt(Arc<Mutex<Option<Result<Received, BodyError>>>>);
+pub struct Receipt {
+    outcome: Arc<Mutex<Option<Result<Received, BodyError>>>>,
+    late: LateMetadata,
+}
 
 impl Receipt {
+    /// The checksums that came as trailers, as metadata entries to keep with a plain object:
+    /// filled once they matched, before the body's stream ends (see
+    /// [`PutOptions::late_metadata`](crate::backend::PutOptions::late_metadata)).
+    pub fn late_metadata(&self) -> LateMetadata {
+        self.late.clone()
+    }
+
     /// The body's outcome, if it was read to its end or failed.
     pub fn outcome(&self) -> Option<Result<Received, BodyError>> {
-        self.0.lock().ok().and_then(|g| g.clone())
+        self.outcome.lock().ok().and_then(|g| g.clone())
     }
 
     /// The failure of the body, if it failed.
@@ -181,49 +187,8 @@ impl Receipt {
     }
 
     fn set(&self, outcome: Result<Received, BodyError>) {
-        if let Ok(mut guard) = self.0.lock() {
+        if let Ok(mut guard) = self.outcome.lock() {
             guard.get_or_insert(outcome);
-        }
-    }
-}
-
-/// One running checksum.
-enum Hasher {
-    Crc32(s3s::crypto::Crc32),
-    Crc32c(s3s::crypto::Crc32c),
-    Crc64Nvme(s3s::crypto::Crc64Nvme),
-    Sha1(s3s::crypto::Sha1),
-    Sha256(s3s::crypto::Sha256),
-}
-
-impl Hasher {
-    fn new(alg: &str) -> Hasher {
-        match alg {
-            "crc32" => Hasher::Crc32(s3s::crypto::Crc32::new()),
-            "crc32c" => Hasher::Crc32c(s3s::crypto::Crc32c::new()),
-            "crc64nvme" => Hasher::Crc64Nvme(s3s::crypto::Crc64Nvme::new()),
-            "sha1" => Hasher::Sha1(s3s::crypto::Sha1::new()),
-            _ => Hasher::Sha256(s3s::crypto::Sha256::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Crc32(h) => h.update(data),
-            Hasher::Crc32c(h) => h.update(data),
-            Hasher::Crc64Nvme(h) => h.update(data),
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-        }
-    }
-
-    fn finalize(self) -> Vec<u8> {
-        match self {
-            Hasher::Crc32(h) => h.finalize().as_ref().to_vec(),
-            Hasher::Crc32c(h) => h.finalize().as_ref().to_vec(),
-            Hasher::Crc64Nvme(h) => h.finalize().as_ref().to_vec(),
-            Hasher::Sha1(h) => h.finalize().as_ref().to_vec(),
-            Hasher::Sha256(h) => h.finalize().as_ref().to_vec(),
         }
     }
 }
@@ -284,9 +249,14 @@ impl Receiving {
         }
         let trailers = self.expected.trailing_headers.as_ref().and_then(TrailingHeaders::take);
         let mut computed = Checksum::default();
+        let mut from_trailers = Checksum::default();
         for (alg, hasher) in std::mem::take(&mut self.hashers) {
             let value = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
-            let given = value_of(&self.expected.checksum, alg).map(str::to_owned).or_else(|| {
+            let header = value_of(&self.expected.checksum, alg).map(str::to_owned);
+            if header.is_none() {
+                set_value(&mut from_trailers, alg, value.clone());
+            }
+            let given = header.or_else(|| {
                 let name = format!("x-amz-checksum-{alg}");
                 trailers.as_ref().and_then(|t| t.get(&name)).and_then(|v| v.to_str().ok()).map(str::to_owned)
             });
@@ -301,6 +271,8 @@ impl Receiving {
             }
             set_value(&mut computed, alg, value);
         }
+        // Every digest matched: the trailers' checksums may be kept.
+        self.receipt.late.extend(super::checksum::full_object_entries(&from_trailers));
         Ok(Received { checksum: computed })
     }
 }

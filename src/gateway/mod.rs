@@ -36,6 +36,7 @@ macro_rules! client_attributes {
 
 pub mod auth;
 pub mod body;
+pub mod checksum;
 pub mod conditional;
 pub mod error;
 pub mod host;

@@ -10,7 +10,9 @@
 //! HEAD and GET of a plain object report too. UploadPart verifies Content-MD5 (BadDigest) and
 //! always answers the part's MD5 as its ETag; CreateMultipartUpload ignores a Content-MD5 (Nix ≥
 //! 2.33 sends the whole object's there with an empty body). Keys under `store/` and `tree/`,
-//! read-only views, are refused at Create.
+//! read-only views, are refused at Create. An upload created with `x-amz-checksum-algorithm`
+//! gets the object's checksum (COMPOSITE or FULL_OBJECT, [`super::checksum`]), computed as the
+//! parts stream into it at Complete: Complete answers it and a plain object keeps it.
 //!
 //! A Complete runs in a task of its own, so it finishes even if the client goes away; a Complete
 //! of the same upload while one runs joins it, and one after it finished answers its ETag again
@@ -30,10 +32,11 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
 use super::body::{Expected, receive};
+use super::checksum::{self, MultipartChecksum, checksummed};
 use super::error::{backend_error, internal};
 use super::target::Target;
 use super::write::Upload;
-use crate::backend;
+use crate::backend::{self, LateMetadata};
 use crate::cache::uploads::{self, UploadError, Uploads};
 
 /// How long a Complete may run before its answer switches to a kept-alive `200` whose body
@@ -41,7 +44,19 @@ use crate::cache::uploads::{self, UploadError, Uploads};
 pub const QUICK_COMPLETE: Duration = Duration::from_secs(2);
 
 /// The outcome of one Complete, shareable between the requests that wait for it.
-type Outcome = Result<String, Failure>;
+type Outcome = Result<Completed, Failure>;
+
+/// What a Complete that succeeded answers.
+#[derive(Debug, Clone, Default)]
+struct Completed {
+    /// The object's ETag.
+    etag: String,
+    /// The object's checksum, when the upload was created with a checksum algorithm (not
+    /// known to a Complete answered from the completion record).
+    checksum: Checksum,
+    /// The type of that checksum.
+    checksum_type: Option<ChecksumType>,
+}
 
 /// An S3 error that can be handed to several waiters.
 #[derive(Debug, Clone)]
@@ -160,7 +175,12 @@ impl Gateway {
         }
         let cache = self.cache(&input.bucket);
         backend::validate_key(&cache.keys().raw(&input.key)).map_err(|e| backend_error(&input.key, e))?;
-        let attributes = client_attributes!(&input);
+        let mut attributes = client_attributes!(&input);
+        let checksum =
+            MultipartChecksum::from_request(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
+        if let Some(checksum) = &checksum {
+            attributes.metadata.insert(uploads::CHECKSUM_METADATA.to_owned(), checksum.encode());
+        }
         let id = self
             .uploads(&input.bucket)
             .create(&input.key, attributes)
@@ -170,6 +190,8 @@ impl Gateway {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(id),
+            checksum_algorithm: checksum.as_ref().map(MultipartChecksum::algorithm),
+            checksum_type: checksum.as_ref().map(MultipartChecksum::checksum_type),
             ..Default::default()
         }))
     }
@@ -226,19 +248,26 @@ impl Gateway {
                     let done = done
                         .filter(|d| d.key == key)
                         .ok_or_else(|| upload_error(&key, UploadError::NoSuchUpload { id: id.clone() }))?;
-                    futures::future::ready(Ok(done.etag)).boxed().shared()
+                    let completed = Completed { etag: done.etag, ..Default::default() };
+                    futures::future::ready(Ok(completed)).boxed().shared()
                 }
             },
         };
-        let output = move |etag: String| CompleteMultipartUploadOutput {
+        let output = move |completed: Completed| CompleteMultipartUploadOutput {
             bucket: Some(bucket.clone()),
             key: Some(key.clone()),
-            e_tag: Some(ETag::Strong(etag)),
+            e_tag: Some(ETag::Strong(completed.etag)),
             location: Some(format!("/{bucket}/{key}")),
+            checksum_crc32: completed.checksum.checksum_crc32,
+            checksum_crc32c: completed.checksum.checksum_crc32c,
+            checksum_crc64nvme: completed.checksum.checksum_crc64nvme,
+            checksum_sha1: completed.checksum.checksum_sha1,
+            checksum_sha256: completed.checksum.checksum_sha256,
+            checksum_type: completed.checksum_type,
             ..Default::default()
         };
         match tokio::time::timeout(QUICK_COMPLETE, outcome.clone()).await {
-            Ok(Ok(etag)) => Ok(S3Response::new(output(etag))),
+            Ok(Ok(completed)) => Ok(S3Response::new(output(completed))),
             Ok(Err(failure)) => Err(failure.into()),
             Err(_) => {
                 let later = async move { outcome.await.map(output).map_err(S3Error::from) }.boxed();
@@ -284,6 +313,7 @@ impl Gateway {
         }
         let (gateway, bucket, key, id) = (self.clone(), bucket.to_owned(), key.to_owned(), id.to_owned());
         let task = tokio::spawn(async move {
+            let late_metadata = LateMetadata::default();
             let written = async {
                 // A NAR whose parts were ingested as they came needs only the rest.
                 match gateway.complete_feed(&bucket, &id, &parts).await {
@@ -291,22 +321,31 @@ impl Gateway {
                         landed.await?;
                     }
                     None => {
-                        let body = staging.body(&id, &parts);
-                        let attributes = uploads::with_etag(record.attributes.clone(), &etag);
-                        let upload = Upload { attributes, ..Default::default() };
+                        let mut attributes = uploads::with_etag(record.attributes.clone(), &etag);
+                        let checksum = attributes.metadata.remove(uploads::CHECKSUM_METADATA);
+                        let mut body = staging.body(&id, &parts);
+                        if let Some(checksum) = checksum.as_deref().and_then(MultipartChecksum::decode) {
+                            let sizes = parts.iter().map(|p| p.size).collect();
+                            body = checksummed(body, sizes, checksum, late_metadata.clone());
+                        }
+                        let upload =
+                            Upload { attributes, late_metadata: late_metadata.clone(), ..Default::default() };
                         gateway.write_object(&bucket, &key, body, upload).await?;
                     }
                 }
                 staging.finish(&id, &record, &etag).await.map_err(|e| upload_error(&key, e))?;
-                Ok::<_, S3Error>(etag.clone())
+                let (checksum, checksum_type) = checksum::from_metadata(&late_metadata.entries());
+                Ok::<_, S3Error>(Completed { etag: etag.clone(), checksum, checksum_type })
             }
             .await;
             let outcome = match written {
-                Ok(etag) => Ok(etag),
+                Ok(completed) => Ok(completed),
                 // A Complete of the same upload through another gateway may have finished first
                 // and removed the parts this one was reading: then the upload succeeded.
                 Err(e) => match staging.completed(&id).await {
-                    Ok(Some(done)) if done.key == key && done.etag == etag => Ok(etag),
+                    Ok(Some(done)) if done.key == key && done.etag == etag => {
+                        Ok(Completed { etag, ..Default::default() })
+                    }
                     _ => Err(Failure::from(e)),
                 },
             };

@@ -16,7 +16,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
-use super::body::{Expected, receive};
+use super::body::{ALGORITHMS, Expected, receive, value_of};
 use super::conditional::whole_seconds;
 use super::error::commit_error;
 use super::write::Upload;
@@ -322,11 +322,18 @@ impl S3 for Gateway {
         let mut attributes = client_attributes!(&input);
         attributes.metadata.extend(expected.header_checksums());
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
-        let upload = Upload { attributes, content_md5: None, receipt: Some(receipt) };
+        let upload = Upload {
+            attributes,
+            late_metadata: receipt.late_metadata(),
+            receipt: Some(receipt),
+            ..Default::default()
+        };
         let written = self.write_object(&input.bucket, &input.key, body, upload).await?;
         let checksum = written.checksum;
+        let any_checksum = ALGORITHMS.iter().any(|alg| value_of(&checksum, alg).is_some());
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(written.etag)),
+            checksum_type: any_checksum.then(|| ChecksumType::from_static(ChecksumType::FULL_OBJECT)),
             checksum_crc32: checksum.checksum_crc32,
             checksum_crc32c: checksum.checksum_crc32c,
             checksum_crc64nvme: checksum.checksum_crc64nvme,

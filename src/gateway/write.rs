@@ -24,7 +24,7 @@ use super::Gateway;
 use super::body::{BodyError, Receipt};
 use super::error::{backend_error, commit_error, ingest_error, internal};
 use super::target::Target;
-use crate::backend::{Attributes, BackendError, ByteStream, PutOptions};
+use crate::backend::{Attributes, BackendError, ByteStream, LateMetadata, PutOptions};
 use crate::cache::{BucketRecord, Cache, CommitError, NarInfoOutcome};
 use crate::castore::lease::Lease;
 use crate::ingest::{Compression, IngestOptions, ingest_nar_under, take_lease};
@@ -41,6 +41,9 @@ pub struct Upload {
     pub content_md5: Option<[u8; 16]>,
     /// How the request body ended, when `body` is one (see [`super::body`]).
     pub receipt: Option<Receipt>,
+    /// Metadata kept with a plain object that the body's stream gives at its end (checksums
+    /// of trailers or of a multipart upload's parts).
+    pub late_metadata: LateMetadata,
 }
 
 /// What a write made.
@@ -107,7 +110,11 @@ impl Gateway {
         body: ByteStream,
         upload: Upload,
     ) -> S3Result<String> {
-        let options = PutOptions { attributes: upload.attributes, content_md5: upload.content_md5 };
+        let options = PutOptions {
+            attributes: upload.attributes,
+            content_md5: upload.content_md5,
+            late_metadata: upload.late_metadata,
+        };
         let written = cache.put_plain(key, body, options).await.map_err(|e| backend_error(key, e))?;
         Ok(written.etag)
     }

@@ -1,0 +1,369 @@
+//! Checksums of objects (`x-amz-checksum-*`): the running hashers of the algorithms S3 knows,
+//! how a plain object keeps its checksums (as metadata named like the headers, which reads with
+//! `x-amz-checksum-mode: ENABLED` show), and the checksum of an object a multipart upload
+//! writes, computed as the staged parts stream into it:
+//!
+//! | type | algorithms | the object's checksum |
+//! |---|---|---|
+//! | `COMPOSITE` | CRC32, CRC32C, SHA-1, SHA-256 | the checksum of the parts' raw checksums concatenated, base64, then `-<parts>` |
+//! | `FULL_OBJECT` | CRC32, CRC32C, CRC64NVME | the checksum of the whole object, base64 |
+//!
+//! (as S3 documents in "Checking object integrity"). The parts' own checksums were checked when
+//! they were uploaded; the staged bytes are checked against their MD5s as they stream.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use s3s::crypto::Checksum as _;
+use s3s::dto::{Checksum, ChecksumAlgorithm, ChecksumType};
+use s3s::{S3Result, s3_error};
+
+use super::body::{ALGORITHMS, CHECKSUM_PREFIX, set_value};
+use crate::backend::{BackendError, ByteStream, LateMetadata};
+
+/// The metadata name under which an object keeps its checksum type (`FULL_OBJECT` or
+/// `COMPOSITE`), shown as the `x-amz-checksum-type` header with its checksums.
+pub const CHECKSUM_TYPE: &str = "x-amz-checksum-type";
+
+/// The metadata entry that keeps checksum `value` of algorithm `alg` with an object.
+pub fn entry(alg: &str, value: &str) -> (String, String) {
+    (format!("{CHECKSUM_PREFIX}{alg}"), value.to_owned())
+}
+
+/// The metadata entry of checksum type `type_`.
+fn type_entry(type_: &str) -> (String, String) {
+    (CHECKSUM_TYPE.to_owned(), type_.to_owned())
+}
+
+/// The metadata entries that keep `checksum` (all of a whole body: `FULL_OBJECT`) with a plain
+/// object: none if it holds no value.
+pub fn full_object_entries(checksum: &Checksum) -> Vec<(String, String)> {
+    let mut entries: Vec<_> = ALGORITHMS
+        .iter()
+        .filter_map(|alg| Some(entry(alg, super::body::value_of(checksum, alg)?.trim())))
+        .collect();
+    if !entries.is_empty() {
+        entries.push(type_entry(ChecksumType::FULL_OBJECT));
+    }
+    entries
+}
+
+/// The checksums and checksum type that `metadata` keeps (see [`entry`] and [`CHECKSUM_TYPE`]).
+pub fn from_metadata(metadata: &BTreeMap<String, String>) -> (Checksum, Option<ChecksumType>) {
+    let mut checksum = Checksum::default();
+    for alg in ALGORITHMS {
+        if let Some(value) = metadata.get(&format!("{CHECKSUM_PREFIX}{alg}")) {
+            set_value(&mut checksum, alg, value.clone());
+        }
+    }
+    (checksum, metadata.get(CHECKSUM_TYPE).map(|t| ChecksumType::from(t.clone())))
+}
+
+/// One running checksum.
+pub(super) enum Hasher {
+    Crc32(s3s::crypto::Crc32),
+    Crc32c(s3s::crypto::Crc32c),
+    Crc64Nvme(s3s::crypto::Crc64Nvme),
+    Sha1(s3s::crypto::Sha1),
+    Sha256(s3s::crypto::Sha256),
+}
+
+impl Hasher {
+    /// A hasher of algorithm `alg` (one of [`ALGORITHMS`]; SHA-256 for any other).
+    pub(super) fn new(alg: &str) -> Hasher {
+        match alg {
+            "crc32" => Hasher::Crc32(s3s::crypto::Crc32::new()),
+            "crc32c" => Hasher::Crc32c(s3s::crypto::Crc32c::new()),
+            "crc64nvme" => Hasher::Crc64Nvme(s3s::crypto::Crc64Nvme::new()),
+            "sha1" => Hasher::Sha1(s3s::crypto::Sha1::new()),
+            _ => Hasher::Sha256(s3s::crypto::Sha256::new()),
+        }
+    }
+
+    /// Hashes `data`.
+    pub(super) fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Crc32(h) => h.update(data),
+            Hasher::Crc32c(h) => h.update(data),
+            Hasher::Crc64Nvme(h) => h.update(data),
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// The raw checksum (CRCs big-endian, as S3 encodes them).
+    pub(super) fn finalize(self) -> Vec<u8> {
+        match self {
+            Hasher::Crc32(h) => h.finalize().as_ref().to_vec(),
+            Hasher::Crc32c(h) => h.finalize().as_ref().to_vec(),
+            Hasher::Crc64Nvme(h) => h.finalize().as_ref().to_vec(),
+            Hasher::Sha1(h) => h.finalize().as_ref().to_vec(),
+            Hasher::Sha256(h) => h.finalize().as_ref().to_vec(),
+        }
+    }
+}
+
+/// The base64 of `raw`, as checksums travel.
+fn base64(raw: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// How the checksum of a multipart upload's object is made (CreateMultipartUpload's
+/// `x-amz-checksum-algorithm` and `x-amz-checksum-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MultipartChecksum {
+    /// The algorithm, one of [`ALGORITHMS`].
+    pub algorithm: &'static str,
+    /// `FULL_OBJECT` (the whole object's checksum) rather than `COMPOSITE`.
+    pub full_object: bool,
+}
+
+impl MultipartChecksum {
+    /// What CreateMultipartUpload asked for: `None` without an algorithm. As in S3, the type
+    /// defaults to `FULL_OBJECT` for CRC64NVME and `COMPOSITE` for the others, and a type the
+    /// algorithm cannot have (`FULL_OBJECT` SHA, `COMPOSITE` CRC64NVME) is InvalidRequest.
+    pub fn from_request(
+        algorithm: Option<&ChecksumAlgorithm>,
+        type_: Option<&ChecksumType>,
+    ) -> S3Result<Option<Self>> {
+        // A type without an algorithm names no checksum: nothing to make.
+        let Some(algorithm) = algorithm else { return Ok(None) };
+        let name = algorithm.as_str().to_ascii_lowercase();
+        let algorithm = ALGORITHMS
+            .iter()
+            .copied()
+            .find(|a| *a == name)
+            .ok_or_else(|| s3_error!(InvalidRequest, "unknown checksum algorithm {name}"))?;
+        let full_object = match type_.map(ChecksumType::as_str) {
+            None => algorithm == "crc64nvme",
+            Some(ChecksumType::FULL_OBJECT) => true,
+            Some(ChecksumType::COMPOSITE) => false,
+            Some(other) => return Err(s3_error!(InvalidRequest, "unknown checksum type {other}")),
+        };
+        let crc = algorithm.starts_with("crc");
+        if (full_object && !crc) || (!full_object && algorithm == "crc64nvme") {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The {} checksum type cannot be used with the {algorithm} checksum algorithm.",
+                if full_object { "FULL_OBJECT" } else { "COMPOSITE" }
+            ));
+        }
+        Ok(Some(MultipartChecksum { algorithm, full_object }))
+    }
+
+    /// The checksum type's name.
+    pub fn type_name(&self) -> &'static str {
+        if self.full_object { ChecksumType::FULL_OBJECT } else { ChecksumType::COMPOSITE }
+    }
+
+    /// As an upload record keeps it: `<algorithm> <type>`.
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.algorithm, self.type_name())
+    }
+
+    /// What [`encode`](Self::encode) wrote.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (algorithm, type_) = text.split_once(' ')?;
+        let algorithm = ALGORITHMS.iter().copied().find(|a| *a == algorithm)?;
+        let full_object = match type_ {
+            ChecksumType::FULL_OBJECT => true,
+            ChecksumType::COMPOSITE => false,
+            _ => return None,
+        };
+        Some(MultipartChecksum { algorithm, full_object })
+    }
+
+    /// The upload's algorithm as s3s names it.
+    pub fn algorithm(&self) -> ChecksumAlgorithm {
+        ChecksumAlgorithm::from(self.algorithm.to_ascii_uppercase())
+    }
+
+    /// The upload's checksum type as s3s names it.
+    pub fn checksum_type(&self) -> ChecksumType {
+        ChecksumType::from_static(self.type_name())
+    }
+}
+
+/// The running checksum of an object made of parts of known sizes.
+struct PartSums {
+    checksum: MultipartChecksum,
+    /// The sizes of the parts not begun yet.
+    sizes: std::vec::IntoIter<u64>,
+    /// The bytes of the current part still to come.
+    left: u64,
+    /// The current part's checksum (`COMPOSITE`), or the whole object's (`FULL_OBJECT`).
+    hasher: Option<Hasher>,
+    /// The raw checksums of the parts done (`COMPOSITE`).
+    sums: Vec<u8>,
+    parts: usize,
+}
+
+impl PartSums {
+    fn new(checksum: MultipartChecksum, sizes: Vec<u64>) -> Self {
+        let hasher = checksum.full_object.then(|| Hasher::new(checksum.algorithm));
+        PartSums { checksum, sizes: sizes.into_iter(), left: 0, hasher, sums: vec![], parts: 0 }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        if self.checksum.full_object {
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(data);
+            }
+            return;
+        }
+        while !data.is_empty() {
+            if self.left == 0 {
+                self.close_part();
+                // Bytes past the parts announced (which the staging refuses) count as one more.
+                self.left = self.sizes.next().unwrap_or(u64::MAX);
+                self.hasher = Some(Hasher::new(self.checksum.algorithm));
+            }
+            let take = data.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&data[..take]);
+            }
+            self.left -= take as u64;
+            data = &data[take..];
+        }
+    }
+
+    fn close_part(&mut self) {
+        if let Some(hasher) = self.hasher.take() {
+            self.sums.extend(hasher.finalize());
+            self.parts += 1;
+        }
+    }
+
+    /// The object's checksum, as metadata entries.
+    fn finish(mut self) -> Vec<(String, String)> {
+        let value = if self.checksum.full_object {
+            base64(&self.hasher.take().map(Hasher::finalize).unwrap_or_default())
+        } else {
+            self.close_part();
+            // Parts with no byte (an empty last part) have checksums too.
+            for _ in self.sizes.by_ref() {
+                self.sums.extend(Hasher::new(self.checksum.algorithm).finalize());
+                self.parts += 1;
+            }
+            let mut of_sums = Hasher::new(self.checksum.algorithm);
+            of_sums.update(&self.sums);
+            format!("{}-{}", base64(&of_sums.finalize()), self.parts)
+        };
+        vec![entry(self.checksum.algorithm, &value), type_entry(self.checksum.type_name())]
+    }
+}
+
+/// `body`, the staged parts of `sizes` concatenated, computing the object's `checksum` on the
+/// way: once `body` has ended, and before the stream says so, its entries are added to `late`.
+pub fn checksummed(
+    body: ByteStream,
+    sizes: Vec<u64>,
+    checksum: MultipartChecksum,
+    late: LateMetadata,
+) -> ByteStream {
+    Checksummed { body, sums: Some(PartSums::new(checksum, sizes)), late }.boxed()
+}
+
+/// See [`checksummed`].
+struct Checksummed {
+    body: ByteStream,
+    sums: Option<PartSums>,
+    late: LateMetadata,
+}
+
+impl Stream for Checksummed {
+    type Item = Result<Bytes, BackendError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let polled = this.body.poll_next_unpin(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(piece))) => {
+                if let Some(sums) = &mut this.sums {
+                    sums.update(piece);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.sums = None,
+            Poll::Ready(None) => {
+                if let Some(sums) = this.sums.take() {
+                    this.late.extend(sums.finish());
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    fn raw(alg: &str, data: &[u8]) -> Vec<u8> {
+        let mut hasher = Hasher::new(alg);
+        hasher.update(data);
+        hasher.finalize()
+    }
+
+    async fn checksum_of(parts: &[&'static [u8]], checksum: MultipartChecksum, chunk: usize) -> String {
+        let whole: Vec<u8> = parts.concat();
+        let pieces: Vec<Result<Bytes, BackendError>> =
+            whole.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let late = LateMetadata::default();
+        let sizes = parts.iter().map(|p| p.len() as u64).collect();
+        let body = checksummed(futures::stream::iter(pieces).boxed(), sizes, checksum, late.clone());
+        let got: Vec<Bytes> = body.try_collect().await.unwrap();
+        assert_eq!(got.concat(), whole);
+        let entries = late.entries();
+        assert_eq!(entries[CHECKSUM_TYPE], checksum.type_name());
+        entries[&format!("{CHECKSUM_PREFIX}{}", checksum.algorithm)].clone()
+    }
+
+    /// Whatever the chunks, a composite checksum is of the parts' checksums, a full one of the
+    /// whole.
+    #[tokio::test]
+    async fn composite_and_full_object_checksums() {
+        let parts: [&'static [u8]; 3] = [b"hello ", b"wide ", b"world"];
+        for chunk in [1, 4, 100] {
+            for alg in ["crc32", "crc32c", "sha1", "sha256"] {
+                let composite = MultipartChecksum { algorithm: alg, full_object: false };
+                let sums: Vec<u8> = parts.iter().flat_map(|p| raw(alg, p)).collect();
+                let expected = format!("{}-3", base64(&raw(alg, &sums)));
+                assert_eq!(checksum_of(&parts, composite, chunk).await, expected, "{alg} by {chunk}");
+            }
+            let full = MultipartChecksum { algorithm: "crc64nvme", full_object: true };
+            let expected = base64(&raw("crc64nvme", b"hello wide world"));
+            assert_eq!(checksum_of(&parts, full, chunk).await, expected);
+        }
+        let with_empty_last = [b"ab" as &'static [u8], b""];
+        let composite = MultipartChecksum { algorithm: "crc32", full_object: false };
+        let sums = [raw("crc32", b"ab"), raw("crc32", b"")].concat();
+        let expected = format!("{}-2", base64(&raw("crc32", &sums)));
+        assert_eq!(checksum_of(&with_empty_last, composite, 1).await, expected);
+    }
+
+    #[test]
+    fn upload_checksums_parse_as_s3_allows() {
+        let alg = |a: &'static str| ChecksumAlgorithm::from_static(a);
+        let type_ = |t: &'static str| ChecksumType::from_static(t);
+        let parsed = |a, t: Option<&ChecksumType>| MultipartChecksum::from_request(Some(&alg(a)), t);
+        let crc64 = parsed(ChecksumAlgorithm::CRC64NVME, None).unwrap().unwrap();
+        assert_eq!((crc64.algorithm, crc64.full_object), ("crc64nvme", true));
+        let crc32 = parsed(ChecksumAlgorithm::CRC32, None).unwrap().unwrap();
+        assert_eq!((crc32.algorithm, crc32.full_object), ("crc32", false));
+        let full = parsed(ChecksumAlgorithm::CRC32C, Some(&type_(ChecksumType::FULL_OBJECT))).unwrap();
+        assert_eq!(full.unwrap().encode(), "crc32c FULL_OBJECT");
+        assert!(parsed(ChecksumAlgorithm::SHA256, Some(&type_(ChecksumType::FULL_OBJECT))).is_err());
+        assert!(parsed(ChecksumAlgorithm::CRC64NVME, Some(&type_(ChecksumType::COMPOSITE))).is_err());
+        assert_eq!(MultipartChecksum::from_request(None, None).unwrap(), None);
+        for checksum in [crc64, crc32] {
+            assert_eq!(MultipartChecksum::decode(&checksum.encode()), Some(checksum));
+        }
+        assert_eq!(MultipartChecksum::decode("md5 COMPOSITE"), None);
+    }
+}
