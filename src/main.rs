@@ -286,11 +286,18 @@ async fn main() -> std::process::ExitCode {
         Command::Credentials { store, action } => credentials(&store, action).await,
         Command::Bucket { store, action } => bucket(&store, action).await,
         Command::Repair { store } => repair(&store).await,
-        Command::Gc { store, grace, dry_run } => maintenance::gc(&store, grace, dry_run).await,
+        Command::Gc { store, grace, dry_run } => {
+            maintenance::keep_large_blocks_mapped();
+            maintenance::gc(&store, grace, dry_run).await
+        }
         Command::Verify { store, bucket, deep, repair } => {
+            maintenance::keep_large_blocks_mapped();
             maintenance::verify(&store, bucket, deep, repair).await
         }
-        Command::Stats { store, bucket } => maintenance::stats(&store, bucket.as_deref()).await,
+        Command::Stats { store, bucket } => {
+            maintenance::keep_large_blocks_mapped();
+            maintenance::stats(&store, bucket.as_deref()).await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

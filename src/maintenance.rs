@@ -9,6 +9,21 @@ use nargate::gc::{self, GcOptions, GcReport, Progress, Tally};
 use super::failure::{Failure, Result};
 use super::{StoreArgs, open_store};
 
+/// Keeps the memory of a maintenance command as its data structures need it: glibc's malloc
+/// raises its mmap threshold (up to 32 MiB) each time a large block is freed, after which the
+/// mark's growing vectors live in a heap arena, where each growth copies and leaves the old
+/// block behind. A fixed threshold keeps large blocks mapped, where growth is an `mremap`. (The
+/// GC benchmark measured 85 bytes of peak RSS per marked chunk without, 37 with.) `serve` keeps
+/// glibc's default: there, the raised threshold spares an `mmap` per chunk buffer.
+pub fn keep_large_blocks_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; it is called before the runtime's
+    // threads allocate much, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
 /// Progress bars on standard error, one per phase.
 #[derive(Default)]
 pub struct Bars {
