@@ -59,7 +59,7 @@ use s3s::{Body, S3Request, S3Response, S3Result};
 
 use crate::backend::DynBackend;
 use crate::cache::uploads::{UploadError, UploadOptions};
-use crate::cache::{BucketSettings, Cache, MetaCache, MetaConfig};
+use crate::cache::{BucketSettings, Cache, ChangeSink, MetaCache, MetaConfig};
 use crate::castore::ChunkStore;
 use crate::credentials::CredentialStore;
 use crate::ingest::IngestOptions;
@@ -127,6 +127,8 @@ struct Inner {
     ingest: IngestOptions,
     body_idle_timeout: Duration,
     metrics: Metrics,
+    /// The metrics, as every cache's change sink (made once: `cache` runs on every request).
+    changes: Arc<dyn ChangeSink>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -151,6 +153,7 @@ impl Gateway {
                 chunks,
                 ingest: options.ingest,
                 body_idle_timeout: options.body_idle_timeout,
+                changes: Arc::new(options.metrics.clone()),
                 metrics: options.metrics,
                 hosts: VirtualHosts::new(&options.domains),
                 credentials: CredentialStore::new(backend.clone()),
@@ -172,7 +175,7 @@ impl Gateway {
     /// The cache (bucket) named `bucket`, reading through the metadata cache.
     pub fn cache(&self, bucket: &str) -> Cache {
         Cache::with_meta(self.inner.backend.clone(), bucket, self.inner.meta.clone())
-            .with_changes(Arc::new(self.inner.metrics.clone()))
+            .with_changes(self.inner.changes.clone())
     }
 
     /// Removes the multipart uploads of every bucket that nothing was written to for the
