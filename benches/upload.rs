@@ -7,6 +7,9 @@
 //! - one PutObject at a time: throughput, gateway ÷ direct (target ≥ 0.8);
 //! - 8 MiB multipart uploads (parts sent 4 at a time, as SDK transfer managers do), the same way;
 //! - 8 concurrent 256 MiB PutObjects: total throughput and the gateway's peak RSS.
+//!
+//! For profiling, `NARGATE_BENCH_ONLY=gateway` (or `direct`) only PUTs every NAR, one at a time,
+//! through the gateway (or straight to Garage), and prints each throughput.
 
 mod common;
 use common::content;
@@ -145,12 +148,29 @@ async fn main() {
     let gw = client(&gateway.endpoint, "us-east-1", client_id, &client_secret, true);
     let direct = client(&garage.endpoint, "garage", &garage.key_id, &garage.secret_key, true);
     gw.create_bucket().bucket(CACHE).send().await.unwrap();
+    // The gateway inherits the environment: `NARGATE_*` variables set for the run are its settings.
+    let settings: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("NARGATE_INGEST_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let settings = if settings.is_empty() { "default settings".to_owned() } else { settings.join(" ") };
     println!(
-        "gateway: {} (pid {}), default settings; clients: aws-sdk-s3 with its default request checksums",
+        "gateway: {} (pid {}), {settings}; clients: aws-sdk-s3 with its default request checksums",
         gateway.endpoint,
         gateway.child.id()
     );
     println!();
+
+    if let Ok(side) = std::env::var("NARGATE_BENCH_ONLY") {
+        // For profiling one side alone: every NAR PUT through the gateway, or straight to Garage.
+        let (client, bucket) =
+            if side == "direct" { (&direct, direct_bucket.as_str()) } else { (&gw, CACHE) };
+        for nar in &nars {
+            let took = put(client, bucket, &key_of(nar), nar.clone()).await;
+            println!("{side} PutObject: {:.0} MiB/s", mib_per_s(size, took));
+        }
+        return;
+    }
 
     let mut next = nars.iter();
     let (mut g, mut d) = (vec![], vec![]);

@@ -72,6 +72,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_INGEST_MAX_RECORD_BYTES",
     "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES",
     "NARGATE_INGEST_ZSTD_LEVEL",
+    "NARGATE_INGEST_COMPRESS_CHUNKS",
     "NARGATE_INGEST_UPLOAD_CONCURRENCY",
     "NARGATE_UPLOADS_ABANDON_AFTER_SECS",
     "NARGATE_GC_INTERVAL_SECS",
@@ -275,6 +276,9 @@ pub struct IngestConfig {
     pub xz_memory_limit_bytes: u64,
     /// The zstd level chunks are compressed with (`NARGATE_INGEST_ZSTD_LEVEL`).
     pub zstd_level: i32,
+    /// Whether chunks are compressed (`NARGATE_INGEST_COMPRESS_CHUNKS`); `false` for a backend
+    /// that compresses what it stores itself.
+    pub compress_chunks: bool,
     /// Chunk uploads in flight per ingest (`NARGATE_INGEST_UPLOAD_CONCURRENCY`).
     pub upload_concurrency: usize,
 }
@@ -288,6 +292,7 @@ impl Default for IngestConfig {
             max_record_bytes: d.max_record_bytes,
             xz_memory_limit_bytes: d.xz_memory_limit,
             zstd_level: d.zstd_level,
+            compress_chunks: d.compress_chunks,
             upload_concurrency: d.upload_concurrency,
         }
     }
@@ -595,6 +600,7 @@ impl Config {
             max_record_bytes: self.ingest.max_record_bytes,
             xz_memory_limit: self.ingest.xz_memory_limit_bytes,
             zstd_level: self.ingest.zstd_level,
+            compress_chunks: self.ingest.compress_chunks,
             upload_concurrency: self.ingest.upload_concurrency,
             ..IngestOptions::default()
         }
@@ -655,6 +661,7 @@ impl Config {
             "NARGATE_INGEST_MAX_RECORD_BYTES" => self.ingest.max_record_bytes = parse(value)?,
             "NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES" => self.ingest.xz_memory_limit_bytes = parse(value)?,
             "NARGATE_INGEST_ZSTD_LEVEL" => self.ingest.zstd_level = parse(value)?,
+            "NARGATE_INGEST_COMPRESS_CHUNKS" => self.ingest.compress_chunks = parse(value)?,
             "NARGATE_INGEST_UPLOAD_CONCURRENCY" => self.ingest.upload_concurrency = parse(value)?,
             "NARGATE_UPLOADS_ABANDON_AFTER_SECS" => {
                 self.uploads.abandon_after = duration_from_secs(parse(value)?)?;
@@ -999,6 +1006,7 @@ mod tests {
             max_record_bytes = 20
             xz_memory_limit_bytes = 30
             zstd_level = -3
+            compress_chunks = false
             upload_concurrency = 2
             [uploads]
             abandon_after_secs = 3600
@@ -1051,6 +1059,7 @@ mod tests {
                 max_record_bytes: 20,
                 xz_memory_limit_bytes: 30,
                 zstd_level: -3,
+                compress_chunks: false,
                 upload_concurrency: 2,
             },
             uploads: UploadsConfig { abandon_after: Duration::from_secs(3600) },
@@ -1155,6 +1164,7 @@ mod tests {
                 ("NARGATE_INGEST_MAX_RECORD_BYTES", "14"),
                 ("NARGATE_INGEST_XZ_MEMORY_LIMIT_BYTES", "15"),
                 ("NARGATE_INGEST_ZSTD_LEVEL", "16"),
+                ("NARGATE_INGEST_COMPRESS_CHUNKS", "false"),
                 ("NARGATE_INGEST_UPLOAD_CONCURRENCY", "17"),
                 ("NARGATE_UPLOADS_ABANDON_AFTER_SECS", "60"),
                 ("NARGATE_ADMIN_LISTEN", "127.0.0.1:9101"),
@@ -1190,6 +1200,7 @@ mod tests {
             max_record_bytes: 14,
             xz_memory_limit_bytes: 15,
             zstd_level: 16,
+            compress_chunks: false,
             upload_concurrency: 17,
         };
         assert_eq!(config.ingest, expected);

@@ -357,3 +357,36 @@ async fn a_failing_body_is_a_read_error() {
     }
     assert_eq!(count(backend.as_ref(), "nars/").await.0, 0);
 }
+
+/// `compress_chunks = false` (for a backend that compresses itself) stores every chunk raw,
+/// compressible or not, and the NAR renders back the same; the default compresses what shrinks.
+#[tokio::test]
+async fn chunks_are_stored_raw_when_compression_is_off() {
+    let nar = write_nar(&NarNode::Directory(vec![
+        (b"noise".to_vec(), file(pseudo_random(2 << 20, 7))),
+        (b"text".to_vec(), file(b"compressible text\n".repeat(200_000))),
+    ]))
+    .unwrap();
+    for compress_chunks in [false, true] {
+        let (_dir, backend) = common::fs_backend();
+        let store = ChunkStore::new(backend.clone(), 1 << 20);
+        let options = IngestOptions { compress_chunks, ..IngestOptions::default() };
+        let ingested = ingest_nar(&store, &nar[..], &options).await.unwrap();
+        let mut codecs = std::collections::BTreeSet::new();
+        for chunk in nargate::backend::list_all(backend.as_ref(), "chunks/").await.unwrap() {
+            let stored = nargate::backend::get_bytes(backend.as_ref(), &chunk.key).await.unwrap();
+            codecs.insert(stored[0]);
+        }
+        let expected = if compress_chunks { vec![0, 1] } else { vec![0] };
+        assert_eq!(codecs.into_iter().collect::<Vec<u8>>(), expected, "compress_chunks = {compress_chunks}");
+        let renderer = Renderer::new(ChunkStore::new(backend.clone(), 1 << 20), RenderConfig::default());
+        let out: Vec<bytes::Bytes> = renderer
+            .range(&ingested.record.nar_hash, 0..nar.len() as u64)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(out.concat() == nar, "compress_chunks = {compress_chunks}: the NAR renders back");
+    }
+}

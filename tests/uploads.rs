@@ -737,6 +737,39 @@ async fn copy_object_writes_what_a_put_of_the_source_would() {
         (head.content_type(), head.metadata().and_then(|m| m.get("k")).map(String::as_str)),
         (Some("text/plain"), Some("v"))
     );
+    // New metadata, the same bytes: the source's checksum stays with them.
+    let sent = client
+        .put_object()
+        .bucket("from")
+        .key("log/sum")
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .body(ByteStream::from_static(b"checked log"))
+        .send()
+        .await
+        .unwrap();
+    client
+        .copy_object()
+        .copy_source("from/log/sum")
+        .bucket("into")
+        .key("log/sum")
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .metadata("k", "new")
+        .send()
+        .await
+        .unwrap();
+    let head = client
+        .head_object()
+        .bucket("into")
+        .key("log/sum")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.checksum_sha256().is_some());
+    assert_eq!(
+        (head.checksum_sha256(), head.metadata().and_then(|m| m.get("k")).map(String::as_str)),
+        (sent.checksum_sha256(), Some("new"))
+    );
     client
         .copy_object()
         .copy_source(format!("into/{name}"))
@@ -829,4 +862,52 @@ async fn trailer_checksums_are_kept_with_plain_objects() {
         let plain = client.head_object().bucket("sums").key(key).send().await.unwrap();
         assert_eq!(plain.checksum_crc64_nvme(), None, "{key}: not shown unless asked for");
     }
+}
+
+/// A SigV4 PUT signs its payload's SHA-256 (`x-amz-content-sha256`), which s3s checks as the body
+/// streams; for an uncompressed NAR that hash *is* its NarHash, so the ingest takes it instead of
+/// hashing the NAR again. A body whose bytes are not the signed hash must then fail (400) and
+/// land nothing, also when the signed hash is the one the key names. Sent with the real
+/// `curl --aws-sigv4`, which signs the `x-amz-content-sha256` it is given.
+#[tokio::test]
+async fn a_signed_payload_hash_is_checked_before_it_stands_for_the_nar_hash() {
+    use nargate::nix::nar::{NarNode, write_nar};
+    use sha2::Digest as _;
+    let gw = gateway().await;
+    let client = gw.client();
+    client.create_bucket().bucket("signed").send().await.unwrap();
+    let nar = |contents: &[u8]| {
+        write_nar(&NarNode::File { executable: false, contents: contents.to_vec() }).unwrap()
+    };
+    let (good, bad) = (nar(b"the bytes nix wrote\n"), nar(b"other bytes, same size\n"));
+    let good_hash = sha2::Sha256::digest(&good);
+    let key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(good_hash.as_slice()));
+    let scratch = tempfile::tempdir().unwrap();
+    let curl_put = async |body: &[u8], signed_sha256: &str| {
+        let file = scratch.path().join("body");
+        std::fs::write(&file, body).unwrap();
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{}:{}", gw.keys.access_key_id, gw.keys.secret_access_key))
+            .args(["-H", &format!("x-amz-content-sha256: {signed_sha256}"), "-T"])
+            .arg(&file)
+            .arg("-o")
+            .arg(scratch.path().join("reply"))
+            .args(["-w", "%{http_code}"])
+            .arg(format!("{}/signed/{key}", gw.endpoint))
+            .output()
+            .await
+            .expect("curl is missing: install it with .ci/install-tools.sh");
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        let reply = std::fs::read_to_string(scratch.path().join("reply")).unwrap_or_default();
+        (String::from_utf8_lossy(&out.stdout).trim().parse::<u16>().unwrap(), reply)
+    };
+    // The other bytes, signed as the key's NAR: refused, nothing visible.
+    let (status, reply) = curl_put(&bad, &hex::encode(good_hash)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.contains("<Code>XAmzContentSHA256Mismatch</Code>"), "{reply}");
+    assert_eq!(get(&client, "signed", &key).await.unwrap_err().0, 404);
+    // The right bytes, rightly signed: ingested, and read back as sent.
+    assert_eq!(curl_put(&good, &hex::encode(good_hash)).await.0, 200);
+    assert_eq!(get(&client, "signed", &key).await.unwrap(), good);
 }

@@ -5,8 +5,11 @@
 //! a 404 → [`BackendError::NotFound`]; 416 → [`BackendError::InvalidRange`]; anything else →
 //! [`BackendError::Remote`] with the service's code and message.
 //!
-//! PUTs send a Content-MD5, so the server refuses a body damaged on the way; no other checksums
-//! are sent or required (`WhenRequired`), which keeps older S3 servers happy. A PUT's
+//! Every PUT is checked by the server, which refuses a body damaged on the way: the small ones in
+//! one piece (chunks, records) by an `x-amz-checksum-crc32c`, which costs next to nothing to
+//! compute (a server too old to know it ignores it), streamed ones by a Content-MD5 per request,
+//! whose MD5 is the object's ETag anyway. No other checksums are sent or required
+//! (`WhenRequired`), which keeps older S3 servers happy. A PUT's
 //! [`ObjectMeta::last_modified`] is the server's `Date` on its response — its own clock, at or
 //! within a second after the object's LastModified — so that a PUT needs no extra HEAD. Listings
 //! ask for URL-encoded keys (`encoding-type=url`), so keys with characters XML cannot carry list
@@ -93,7 +96,7 @@ macro_rules! send_dated {
             .map_err(|e| classify(Op::Put, $key, e))?;
         (out, date)
     }};
-    // A body sent unsigned (`UNSIGNED-PAYLOAD`): its Content-MD5 checks it, and a SHA-256 pass
+    // A body sent unsigned (`UNSIGNED-PAYLOAD`): its Content-MD5 or CRC32C checks it, and a SHA-256 pass
     // over every byte written is saved.
     ($request:expr, $key:expr, unsigned_payload) => {{
         let date = DateCapture::default();
@@ -317,7 +320,7 @@ impl S3Backend {
         Ok(full)
     }
 
-    /// Writes `body`, whose MD5 is `md5`, with one PutObject.
+    /// Writes `body`, whose MD5 is `md5`, with one PutObject that sends it as Content-MD5.
     async fn put_object(
         &self,
         key: &str,
@@ -335,6 +338,25 @@ impl S3Backend {
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
             .body(ByteStream::from(body));
         let (out, date) = send_dated!(with_attributes!(request, attributes), key, unsigned_payload);
+        self.written(key, size, out.e_tag(), &md5, &date).await
+    }
+
+    /// Writes `body` with one PutObject checked by a CRC32C (`x-amz-checksum-crc32c`) instead of
+    /// a Content-MD5: what chunks and records are written with. The server still refuses a body
+    /// damaged on the way, and the MD5 pass over every byte — the most expensive pass of an
+    /// ingest after zstd — is saved (CRC32C runs at many GB/s).
+    async fn put_crc32c(&self, key: &str, full: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
+        let size = body.len() as u64;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+            .body(ByteStream::from(body.clone()));
+        let (out, date) = send_dated!(request, key, unsigned_payload);
+        // The MD5 is computed only for a server that sends no ETag.
+        let md5 = if out.e_tag().is_some() { [0; 16] } else { Md5::digest(&body).into() };
         self.written(key, size, out.e_tag(), &md5, &date).await
     }
 
@@ -579,8 +601,7 @@ impl Backend for S3Backend {
 
     async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
         let full = self.full_key(key)?;
-        let md5 = Md5::digest(&body).into();
-        self.put_object(key, &full, body, md5, Attributes::default()).await
+        self.put_crc32c(key, &full, body).await
     }
 
     async fn put_stream(

@@ -73,6 +73,14 @@ pub fn encode_chunk_at(data: &[u8], level: i32) -> Vec<u8> {
     out
 }
 
+/// Encodes a chunk for storage uncompressed ([`CODEC_RAW`]).
+pub fn encode_chunk_raw(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(CODEC_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
 /// Decodes a stored chunk and checks it is `size` bytes whose BLAKE3 is `digest`.
 pub fn decode_chunk(digest: &Digest, size: u32, stored: Bytes) -> Result<Bytes, ChunkError> {
     let integrity = |reason: String| ChunkError::Integrity { digest: *digest, reason };
@@ -156,16 +164,17 @@ impl ChunkStore {
         data: Bytes,
         skip_existing: bool,
     ) -> Result<PutOutcome, BackendError> {
-        self.put_at_level(digest, data, skip_existing, ZSTD_LEVEL).await
+        self.put_at_level(digest, data, skip_existing, Some(ZSTD_LEVEL)).await
     }
 
-    /// Writes a chunk as [`put`](Self::put) does, compressed at zstd `level`.
+    /// Writes a chunk as [`put`](Self::put) does, compressed at zstd `level`, or stored raw
+    /// when `level` is `None` (for a backend that compresses what it stores itself).
     pub async fn put_at_level(
         &self,
         digest: Digest,
         data: Bytes,
         skip_existing: bool,
-        level: i32,
+        level: Option<i32>,
     ) -> Result<PutOutcome, BackendError> {
         let key = chunk_key(&digest);
         if skip_existing {
@@ -175,9 +184,12 @@ impl ChunkStore {
                 Err(e) => return Err(e),
             }
         }
-        let encoded = tokio::task::spawn_blocking(move || encode_chunk_at(&data, level))
-            .await
-            .map_err(|e| BackendError::Io { key: key.clone(), source: std::io::Error::other(e) })?;
+        let encoded = match level {
+            Some(level) => tokio::task::spawn_blocking(move || encode_chunk_at(&data, level))
+                .await
+                .map_err(|e| BackendError::Io { key: key.clone(), source: std::io::Error::other(e) })?,
+            None => encode_chunk_raw(&data),
+        };
         let stored_bytes = encoded.len() as u64;
         self.backend.put(&key, Bytes::from(encoded)).await?;
         Ok(PutOutcome { uploaded: true, stored_bytes })

@@ -98,6 +98,18 @@ impl Expected {
     }
 }
 
+/// The body's SHA-256 as the request signed it, when s3s verifies the body against it as it
+/// streams: a SigV4 request (by header or presigned; `signed_v4`) whose `x-amz-content-sha256` is
+/// a hex SHA-256 rather than `UNSIGNED-PAYLOAD` or a streaming mode. s3s then wraps the body in
+/// its `UploadStream`, which ends the body with an error instead of its end when the bytes
+/// differ, so whoever reads the body to its end without an error has read bytes of this hash.
+/// (SigV2 and anonymous requests are not checked: `None`.)
+pub fn verified_sha256(headers: &http::HeaderMap, signed_v4: bool) -> Option<[u8; 32]> {
+    let value = headers.get("x-amz-content-sha256")?.to_str().ok()?;
+    let mut hash = [0u8; 32];
+    (signed_v4 && value.len() == 64 && hex::decode_to_slice(value, &mut hash).is_ok()).then_some(hash)
+}
+
 /// A `Content-MD5` header's value, decoded (InvalidDigest when it is not 16 bytes of base64).
 pub fn decode_content_md5(b64: &str) -> Result<[u8; 16], S3Error> {
     let bytes = base64::engine::general_purpose::STANDARD
@@ -135,6 +147,9 @@ pub enum BodyError {
     /// No byte arrived for the idle timeout.
     #[error("no byte of the request body arrived for {0:?}")]
     Idle(Duration),
+    /// The body's SHA-256 is not the signed `x-amz-content-sha256` (s3s found it out).
+    #[error("The x-amz-content-sha256 you specified did not match what we received.")]
+    PayloadSha256,
     /// `Content-MD5` does not match.
     #[error("The Content-MD5 you specified did not match what we received.")]
     ContentMd5,
@@ -156,6 +171,15 @@ impl BodyError {
             BodyError::Client(_) | BodyError::Idle(_) => S3ErrorCode::IncompleteBody,
             BodyError::ContentMd5 | BodyError::Checksum(_) => S3ErrorCode::BadDigest,
             BodyError::InvalidChecksum(_) | BodyError::MissingTrailer(_) => S3ErrorCode::InvalidRequest,
+            // S3's own code for it, which s3s does not know.
+            BodyError::PayloadSha256 => {
+                let mut error = S3Error::with_message(
+                    S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+                    self.to_string(),
+                );
+                error.set_status_code(http::StatusCode::BAD_REQUEST);
+                return error;
+            }
         };
         S3Error::with_message(code, self.to_string())
     }
@@ -308,6 +332,11 @@ impl Stream for Receiving {
             }
             Poll::Ready(Some(Err(e))) => {
                 let message = e.to_string();
+                // s3s's check of a signed payload's hash (its `UploadStreamError`) says so only in
+                // its message.
+                if message.contains("Sha256Mismatch") {
+                    return this.fail(BodyError::PayloadSha256);
+                }
                 this.fail(BodyError::Client(message))
             }
             Poll::Ready(None) => match this.finish() {

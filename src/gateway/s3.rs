@@ -16,7 +16,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::Gateway;
-use super::body::{ALGORITHMS, Expected, receive, value_of};
+use super::body::{ALGORITHMS, Expected, receive, value_of, verified_sha256};
 use super::conditional::whole_seconds;
 use super::error::commit_error;
 use super::write::Upload;
@@ -321,11 +321,15 @@ impl S3 for Gateway {
         let expected = Expected::from_request(&req.headers, req.trailing_headers)?;
         let mut attributes = client_attributes!(&input);
         attributes.metadata.extend(expected.header_checksums());
+        // s3s sets the service only for SigV4, the one signature that covers the body's hash.
+        let verified_sha256 =
+            verified_sha256(&req.headers, req.credentials.is_some() && req.service.is_some());
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
         let upload = Upload {
             attributes,
             late_metadata: receipt.late_metadata(),
             receipt: Some(receipt),
+            verified_sha256,
             ..Default::default()
         };
         let written = self.write_object(&input.bucket, &input.key, body, upload).await?;

@@ -21,7 +21,7 @@ use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
 use tokio::io::AsyncReadExt;
 
 use super::Gateway;
-use super::body::{BodyError, Receipt};
+use super::body::{BodyError, CHECKSUM_PREFIX, Receipt};
 use super::error::{backend_error, commit_error, ingest_error, internal};
 use super::target::Target;
 use crate::backend::{Attributes, BackendError, ByteStream, LateMetadata, PutOptions};
@@ -44,6 +44,8 @@ pub struct Upload {
     /// Metadata kept with a plain object that the body's stream gives at its end (checksums
     /// of trailers or of a multipart upload's parts).
     pub late_metadata: LateMetadata,
+    /// The body's SHA-256, when its stream verifies it ([`super::body::verified_sha256`]).
+    pub verified_sha256: Option<[u8; 32]>,
 }
 
 /// What a write made.
@@ -81,7 +83,9 @@ impl Gateway {
             let receipt = upload.receipt.clone();
             let result = match target {
                 Target::Plain => gateway.put_plain(&cache, &key, body, upload).await,
-                Target::Nar { .. } | Target::NarUpload => gateway.put_nar(&cache, &key, target, body).await,
+                Target::Nar { .. } | Target::NarUpload => {
+                    gateway.put_nar(&cache, &key, target, body, upload.verified_sha256).await
+                }
                 Target::NarInfo { store_hash } => put_narinfo(&cache, &key, &store_hash, body, &upload).await,
                 Target::Listing { .. } => {
                     read_small(&key, body, MAX_SMALL_UPLOAD).await.map(|b| crate::cache::md5_hex(&b))
@@ -121,12 +125,14 @@ impl Gateway {
 
     /// PUT of a NAR (plain or compressed): ingested, checked against what its key (or a narinfo
     /// naming the key) says it is, then made visible and committed with waiting narinfos.
+    /// `verified_sha256` is the body's SHA-256 if its stream verifies it.
     pub(super) async fn put_nar(
         &self,
         cache: &Cache,
         key: &str,
         target: Target,
         body: ByteStream,
+        verified_sha256: Option<[u8; 32]>,
     ) -> S3Result<String> {
         let named = cache.upload_key(key).await.map_err(|e| commit_error(key, e))?;
         let expected = named.filter(|n| !n.landed);
@@ -134,6 +140,7 @@ impl Gateway {
             br_suffix: key.ends_with(".br"),
             expected_nar_hash: expected.as_ref().map(|n| n.nar_hash),
             expected_nar_size: expected.as_ref().map(|n| n.nar_size),
+            verified_sha256,
             ..self.inner.ingest.clone()
         };
         let reader = tokio_util::io::StreamReader::new(body.map_err(std::io::Error::other));
@@ -217,7 +224,17 @@ impl Gateway {
         replace: Option<Attributes>,
     ) -> S3Result<Written> {
         let (_, attributes, body) = self.object_source(src_bucket, src_key).await?;
-        let mut attributes = replace.unwrap_or(attributes);
+        let mut attributes = match replace {
+            // The copy's bytes are the source's, and so are its checksums, whatever metadata
+            // replaces the source's (S3 keeps them too).
+            Some(mut replacement) => {
+                let checksums =
+                    attributes.metadata.into_iter().filter(|(k, _)| k.starts_with(CHECKSUM_PREFIX));
+                replacement.metadata.extend(checksums);
+                replacement
+            }
+            None => attributes,
+        };
         if Target::of(src_key) != Target::Plain {
             // A rendered key's content type is the gateway's, not an attribute to keep.
             attributes.content_type = None;

@@ -69,6 +69,11 @@ pub struct IngestOptions {
     pub expected_nar_hash: Option<[u8; 32]>,
     /// The NarSize the NAR must have, if known.
     pub expected_nar_size: Option<u64>,
+    /// The SHA-256 of the upload, when the body's stream checks the bytes against it itself and
+    /// fails before its end if they differ (a SigV4 request's signed `x-amz-content-sha256`,
+    /// which s3s verifies): an uncompressed upload's NarHash is then this, and the ingest saves
+    /// its own SHA-256 pass.
+    pub verified_sha256: Option<[u8; 32]>,
     /// How long to wait for a running GC to end before giving up (it makes the client retry).
     pub gc_wait: Duration,
     /// The most entries (regular files, directories and symlinks, the root included) a NAR may
@@ -82,6 +87,10 @@ pub struct IngestOptions {
     pub xz_memory_limit: u64,
     /// The zstd level chunks are compressed with (no part of the format: any level reads back).
     pub zstd_level: i32,
+    /// Whether chunks are compressed at all: `false` stores them raw, for a backend that
+    /// compresses what it stores itself (Garage does by default), which saves the ingest's most
+    /// expensive pass for bytes that end up compressed at rest anyway.
+    pub compress_chunks: bool,
     /// The timers of the GC lease the ingest runs under (the defaults unless a test shortens them).
     pub lease_times: LeaseTimes,
 }
@@ -103,11 +112,13 @@ impl Default for IngestOptions {
             br_suffix: false,
             expected_nar_hash: None,
             expected_nar_size: None,
+            verified_sha256: None,
             gc_wait: Duration::from_secs(120),
             max_entries: DEFAULT_MAX_ENTRIES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             xz_memory_limit: DEFAULT_XZ_MEMORY_LIMIT,
             zstd_level: ZSTD_LEVEL,
+            compress_chunks: true,
             lease_times: LeaseTimes::default(),
         }
     }
@@ -257,8 +268,11 @@ where
 {
     let first = read_block(&mut body, NAR_MAGIC_LEN).await.map_err(IngestError::Read)?;
     let compression = Compression::detect(&first, options.br_suffix)?;
-    // An uncompressed upload is the NAR: its digests are computed once, on the way in.
-    let received = HashWorker::start(Want { md5: true, sha256: compression == Compression::None });
+    // An uncompressed upload is the NAR: its digests are computed once, on the way in (its
+    // SHA-256 not at all when the body's stream verifies one).
+    let uncompressed = compression == Compression::None;
+    let received =
+        HashWorker::start(Want { md5: true, sha256: uncompressed && options.verified_sha256.is_none() });
     let (nar_tx, nar_rx) = mpsc::channel(QUEUE);
     let parse = AbortOnDropHandle::new(tokio::spawn(parse(
         nar_rx,
@@ -276,7 +290,11 @@ where
     };
     let feed = feed(body, first, &received, upload_tx);
     let (fed, decoded, parsed) = tokio::join!(feed, join_opt(decoder), join(parse));
-    let received = received.finish().await;
+    let mut received = received.finish().await;
+    if uncompressed && received.sha256.is_none() {
+        // The body's stream ended without an error: its bytes have this SHA-256.
+        received.sha256 = options.verified_sha256;
+    }
     // The first failure is the one to report: a read error makes everything after it fail, and
     // a decoder error makes the parse fail.
     fed?;
@@ -434,7 +452,8 @@ async fn parse(
     skip_existing: bool,
 ) -> Result<Parsed, IngestError> {
     let mut nar = NarReader::new(StreamReader::new(Blocks(blocks)));
-    let mut uploads = Uploads::new(store, options.upload_concurrency, skip_existing, options.zstd_level);
+    let level = options.compress_chunks.then_some(options.zstd_level);
+    let mut uploads = Uploads::new(store, options.upload_concurrency, skip_existing, level);
     let mut tree = TreeBuilder::default();
     let mut buf = vec![0u8; BLOCK];
     let mut ready = Vec::new();
@@ -547,7 +566,7 @@ struct Uploads {
     store: ChunkStore,
     limit: usize,
     skip_existing: bool,
-    zstd_level: i32,
+    zstd_level: Option<i32>,
     in_flight: JoinSet<Result<PutOutcome, BackendError>>,
     chunks: Vec<ChunkRef>,
     seen: HashSet<Digest>,
@@ -556,7 +575,7 @@ struct Uploads {
 }
 
 impl Uploads {
-    fn new(store: ChunkStore, limit: usize, skip_existing: bool, zstd_level: i32) -> Self {
+    fn new(store: ChunkStore, limit: usize, skip_existing: bool, zstd_level: Option<i32>) -> Self {
         Uploads {
             store,
             limit: limit.max(1),
