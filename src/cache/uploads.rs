@@ -15,6 +15,7 @@
 //! (ListParts shows the newest). [`remove_abandoned`] removes uploads nothing was written to for a
 //! grace period, by the backend's clock.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -76,6 +77,10 @@ pub struct CompletedUpload {
     pub key: String,
     /// The ETag Complete answered.
     pub etag: String,
+    /// The checksum entries Complete answered (kept as the record object's metadata, not in
+    /// the record, whose format stays as it was).
+    #[serde(skip)]
+    pub checksums: BTreeMap<String, String>,
 }
 
 impl UploadRecord {
@@ -278,8 +283,13 @@ impl Uploads {
         if !valid_id(id) {
             return Ok(None);
         }
-        match backend::get_bytes(self.backend.as_ref(), &self.completed_key(id)).await {
-            Ok(bytes) => Ok(Some(CompletedUpload::decode(&bytes)?)),
+        match self.backend.get(&self.completed_key(id), None).await {
+            Ok(got) => {
+                let checksums = got.attributes.metadata.clone();
+                let mut done = CompletedUpload::decode(&got.bytes().await?)?;
+                done.checksums = checksums;
+                Ok(Some(done))
+            }
             Err(BackendError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -410,11 +420,20 @@ impl Uploads {
             .boxed()
     }
 
-    /// Records that upload `id` finished as an object with `etag`, then removes its staging and
-    /// its record.
-    pub async fn finish(&self, id: &str, record: &UploadRecord, etag: &str) -> Result<(), UploadError> {
-        let done = CompletedUpload { key: record.key.clone(), etag: etag.to_owned() };
-        self.backend.put(&self.completed_key(id), Bytes::from(done.encode())).await?;
+    /// Records that upload `id` finished as an object with `etag` and `checksums` (metadata
+    /// entries), then removes its staging and its record.
+    pub async fn finish(
+        &self,
+        id: &str,
+        record: &UploadRecord,
+        etag: &str,
+        checksums: BTreeMap<String, String>,
+    ) -> Result<(), UploadError> {
+        let done = CompletedUpload { key: record.key.clone(), etag: etag.to_owned(), checksums };
+        let body = futures::stream::once(futures::future::ready(Ok(Bytes::from(done.encode())))).boxed();
+        let attributes = Attributes { metadata: done.checksums, ..Default::default() };
+        let options = PutOptions { attributes, ..Default::default() };
+        self.backend.put_stream(&self.completed_key(id), body, options).await?;
         self.remove(id).await
     }
 
@@ -673,7 +692,7 @@ mod tests {
         let listed = uploads.list().await.unwrap();
         assert_eq!(listed.iter().map(|u| u.record.key.as_str()).collect::<Vec<_>>(), ["a/key", "other"]);
 
-        uploads.finish(&id, &uploads.record(&id).await.unwrap(), "e-2").await.unwrap();
+        uploads.finish(&id, &uploads.record(&id).await.unwrap(), "e-2", BTreeMap::new()).await.unwrap();
         assert!(matches!(uploads.record(&id).await, Err(UploadError::NoSuchUpload { .. })));
         assert_eq!(uploads.completed(&id).await.unwrap().unwrap().etag, "e-2");
         assert!(backend::list_all(backend.as_ref(), &uploads.staging_prefix(&id)).await.unwrap().is_empty());

@@ -248,7 +248,8 @@ impl Gateway {
                     let done = done
                         .filter(|d| d.key == key)
                         .ok_or_else(|| upload_error(&key, UploadError::NoSuchUpload { id: id.clone() }))?;
-                    let completed = Completed { etag: done.etag, ..Default::default() };
+                    let (checksum, checksum_type) = checksum::from_metadata(&done.checksums);
+                    let completed = Completed { etag: done.etag, checksum, checksum_type };
                     futures::future::ready(Ok(completed)).boxed().shared()
                 }
             },
@@ -333,8 +334,9 @@ impl Gateway {
                         gateway.write_object(&bucket, &key, body, upload).await?;
                     }
                 }
-                staging.finish(&id, &record, &etag).await.map_err(|e| upload_error(&key, e))?;
-                let (checksum, checksum_type) = checksum::from_metadata(&late_metadata.entries());
+                let checksums = late_metadata.entries();
+                let (checksum, checksum_type) = checksum::from_metadata(&checksums);
+                staging.finish(&id, &record, &etag, checksums).await.map_err(|e| upload_error(&key, e))?;
                 Ok::<_, S3Error>(Completed { etag: etag.clone(), checksum, checksum_type })
             }
             .await;
@@ -344,7 +346,8 @@ impl Gateway {
                 // and removed the parts this one was reading: then the upload succeeded.
                 Err(e) => match staging.completed(&id).await {
                     Ok(Some(done)) if done.key == key && done.etag == etag => {
-                        Ok(Completed { etag, ..Default::default() })
+                        let (checksum, checksum_type) = checksum::from_metadata(&done.checksums);
+                        Ok(Completed { etag, checksum, checksum_type })
                     }
                     _ => Err(Failure::from(e)),
                 },
