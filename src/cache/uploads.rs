@@ -596,9 +596,12 @@ mod tests {
         };
         assert_eq!(hex::encode(record.encode()), "4e47555001016b0201017400000000 00".replace(' ', ""));
         assert_eq!(UploadRecord::decode(&record.encode()).unwrap(), record);
-        let done = CompletedUpload { key: "k".into(), etag: "e-2".into() };
+        // The checksums are the record object's metadata, not part of the record.
+        let checksums = BTreeMap::from([("x-amz-checksum-crc32".to_owned(), "AAAAAA==".to_owned())]);
+        let done = CompletedUpload { key: "k".into(), etag: "e-2".into(), checksums };
         assert_eq!(hex::encode(done.encode()), "4e475543 01 016b 03652d32".replace(' ', ""));
-        assert_eq!(CompletedUpload::decode(&done.encode()).unwrap(), done);
+        let decoded = CompletedUpload::decode(&done.encode()).unwrap();
+        assert_eq!(decoded, CompletedUpload { checksums: BTreeMap::new(), ..done });
     }
 
     #[test]

@@ -171,7 +171,8 @@ impl Gateway {
     fn start_ingest(&self, bucket: &str, key: &str, target: Target, body: ByteStream) -> Landed {
         let (gateway, cache, key) = (self.clone(), self.cache(bucket), key.to_owned());
         let logged = key.clone();
-        let task = tokio::spawn(async move { gateway.put_nar(&cache, &key, target, body, None).await });
+        let task =
+            tokio::spawn(async move { gateway.put_nar(&cache, &key, target, body, (None, None)).await });
         async move {
             match task.await {
                 Ok(result) => result.map_err(Failure::from),

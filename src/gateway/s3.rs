@@ -324,12 +324,15 @@ impl S3 for Gateway {
         // s3s sets the service only for SigV4, the one signature that covers the body's hash.
         let verified_sha256 =
             verified_sha256(&req.headers, req.credentials.is_some() && req.service.is_some());
+        // The body's stream checks a Content-MD5 at its end, and fails if it differs.
+        let verified_md5 = expected.content_md5;
         let (body, receipt) = receive(&input.key, input.body, expected, self.inner.body_idle_timeout);
         let upload = Upload {
             attributes,
             late_metadata: receipt.late_metadata(),
             receipt: Some(receipt),
             verified_sha256,
+            verified_md5,
             ..Default::default()
         };
         let written = self.write_object(&input.bucket, &input.key, body, upload).await?;

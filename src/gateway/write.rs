@@ -46,6 +46,8 @@ pub struct Upload {
     pub late_metadata: LateMetadata,
     /// The body's SHA-256, when its stream verifies it ([`super::body::verified_sha256`]).
     pub verified_sha256: Option<[u8; 32]>,
+    /// The body's MD5, when its stream verifies it (a `Content-MD5` its [`Receipt`] checks).
+    pub verified_md5: Option<[u8; 16]>,
 }
 
 /// What a write made.
@@ -84,7 +86,8 @@ impl Gateway {
             let result = match target {
                 Target::Plain => gateway.put_plain(&cache, &key, body, upload).await,
                 Target::Nar { .. } | Target::NarUpload => {
-                    gateway.put_nar(&cache, &key, target, body, upload.verified_sha256).await
+                    let verified = (upload.verified_sha256, upload.verified_md5);
+                    gateway.put_nar(&cache, &key, target, body, verified).await
                 }
                 Target::NarInfo { store_hash } => put_narinfo(&cache, &key, &store_hash, body, &upload).await,
                 Target::Listing { .. } => {
@@ -125,14 +128,14 @@ impl Gateway {
 
     /// PUT of a NAR (plain or compressed): ingested, checked against what its key (or a narinfo
     /// naming the key) says it is, then made visible and committed with waiting narinfos.
-    /// `verified_sha256` is the body's SHA-256 if its stream verifies it.
+    /// `verified` are the body's SHA-256 and MD5, those that its stream verifies.
     pub(super) async fn put_nar(
         &self,
         cache: &Cache,
         key: &str,
         target: Target,
         body: ByteStream,
-        verified_sha256: Option<[u8; 32]>,
+        (verified_sha256, verified_md5): (Option<[u8; 32]>, Option<[u8; 16]>),
     ) -> S3Result<String> {
         let named = cache.upload_key(key).await.map_err(|e| commit_error(key, e))?;
         let expected = named.filter(|n| !n.landed);
@@ -141,6 +144,7 @@ impl Gateway {
             expected_nar_hash: expected.as_ref().map(|n| n.nar_hash),
             expected_nar_size: expected.as_ref().map(|n| n.nar_size),
             verified_sha256,
+            verified_md5,
             ..self.inner.ingest.clone()
         };
         let reader = tokio_util::io::StreamReader::new(body.map_err(std::io::Error::other));

@@ -74,6 +74,9 @@ pub struct IngestOptions {
     /// which s3s verifies): an uncompressed upload's NarHash is then this, and the ingest saves
     /// its own SHA-256 pass.
     pub verified_sha256: Option<[u8; 32]>,
+    /// The MD5 of the upload, when the body's stream checks the bytes against it itself (a
+    /// `Content-MD5`, which the gateway's body checks): the ingest then saves its own MD5 pass.
+    pub verified_md5: Option<[u8; 16]>,
     /// How long to wait for a running GC to end before giving up (it makes the client retry).
     pub gc_wait: Duration,
     /// The most entries (regular files, directories and symlinks, the root included) a NAR may
@@ -113,6 +116,7 @@ impl Default for IngestOptions {
             expected_nar_hash: None,
             expected_nar_size: None,
             verified_sha256: None,
+            verified_md5: None,
             gc_wait: Duration::from_secs(120),
             max_entries: DEFAULT_MAX_ENTRIES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
@@ -268,11 +272,13 @@ where
 {
     let first = read_block(&mut body, NAR_MAGIC_LEN).await.map_err(IngestError::Read)?;
     let compression = Compression::detect(&first, options.br_suffix)?;
-    // An uncompressed upload is the NAR: its digests are computed once, on the way in (its
-    // SHA-256 not at all when the body's stream verifies one).
+    // An uncompressed upload is the NAR: its digests are computed once, on the way in (not at
+    // all those that the body's stream verifies).
     let uncompressed = compression == Compression::None;
-    let received =
-        HashWorker::start(Want { md5: true, sha256: uncompressed && options.verified_sha256.is_none() });
+    let received = HashWorker::start(Want {
+        md5: options.verified_md5.is_none(),
+        sha256: uncompressed && options.verified_sha256.is_none(),
+    });
     let (nar_tx, nar_rx) = mpsc::channel(QUEUE);
     let parse = AbortOnDropHandle::new(tokio::spawn(parse(
         nar_rx,
@@ -291,8 +297,9 @@ where
     let feed = feed(body, first, &received, upload_tx);
     let (fed, decoded, parsed) = tokio::join!(feed, join_opt(decoder), join(parse));
     let mut received = received.finish().await;
+    // The body's stream ended without an error: its bytes have the digests it verified.
+    received.md5 = received.md5.or(options.verified_md5);
     if uncompressed && received.sha256.is_none() {
-        // The body's stream ended without an error: its bytes have this SHA-256.
         received.sha256 = options.verified_sha256;
     }
     // The first failure is the one to report: a read error makes everything after it fail, and
