@@ -13,7 +13,7 @@
 
 mod common;
 use common::content;
-use common::serving::{client, loadavg, median, mib_per_s, start_gateway};
+use common::serving::{client, cpu_of, garage_pid, loadavg, median, mib_per_s, start_gateway};
 
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,52 @@ fn line(what: &str, bytes: u64, gateway: Vec<Duration>, direct: Vec<Duration>, t
     println!("{what}: gateway {g:.0} MiB/s, direct {d:.0} MiB/s, ratio {:.2}{target}", g / d);
 }
 
+/// The processes whose CPU time is counted: the gateway, Garage, and this one (the client).
+struct Processes {
+    gateway: u32,
+    garage: u32,
+}
+
+/// CPU time used, per process.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    gateway: Duration,
+    garage: Duration,
+    client: Duration,
+}
+
+impl Processes {
+    fn cpu(&self) -> Cpu {
+        Cpu { gateway: cpu_of(self.gateway), garage: cpu_of(self.garage), client: cpu_of(std::process::id()) }
+    }
+
+    /// Runs `f`, adding the CPU time each process used meanwhile to `total`.
+    async fn counted<F: std::future::Future<Output = Duration>>(&self, total: &mut Cpu, f: F) -> Duration {
+        let before = self.cpu();
+        let took = f.await;
+        let after = self.cpu();
+        total.gateway += after.gateway - before.gateway;
+        total.garage += after.garage - before.garage;
+        total.client += after.client - before.client;
+        took
+    }
+}
+
+/// Prints where the CPU went, in milliseconds per MiB uploaded, through the gateway and direct.
+fn cpu_line(bytes: u64, gateway: Cpu, direct: Cpu) {
+    let per_mib = |d: Duration| d.as_secs_f64() * 1000.0 / (bytes as f64 / f64::from(1 << 20));
+    println!(
+        "  CPU ms per MiB: through the gateway: gateway {:.1} + Garage {:.1} + client {:.1} = {:.1}; direct: Garage {:.1} + client {:.1} = {:.1}",
+        per_mib(gateway.gateway),
+        per_mib(gateway.garage),
+        per_mib(gateway.client),
+        per_mib(gateway.gateway + gateway.garage + gateway.client),
+        per_mib(direct.garage),
+        per_mib(direct.client),
+        per_mib(direct.garage + direct.client),
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -172,22 +218,28 @@ async fn main() {
         return;
     }
 
+    let processes = Processes { gateway: gateway.child.id(), garage: garage_pid() };
     let mut next = nars.iter();
     let (mut g, mut d) = (vec![], vec![]);
+    let (mut g_cpu, mut d_cpu) = (Cpu::default(), Cpu::default());
     for _ in 0..RUNS {
         let nar = next.next().unwrap();
-        g.push(put(&gw, CACHE, &key_of(nar), nar.clone()).await);
-        d.push(put(&direct, &direct_bucket, &key_of(nar), nar.clone()).await);
+        g.push(processes.counted(&mut g_cpu, put(&gw, CACHE, &key_of(nar), nar.clone())).await);
+        d.push(processes.counted(&mut d_cpu, put(&direct, &direct_bucket, &key_of(nar), nar.clone())).await);
     }
     line("PutObject, one at a time", size, g, d, " (target ≥ 0.8)");
+    cpu_line(size * RUNS as u64, g_cpu, d_cpu);
 
     let (mut g, mut d) = (vec![], vec![]);
+    let (mut g_cpu, mut d_cpu) = (Cpu::default(), Cpu::default());
     for _ in 0..RUNS {
         let nar = next.next().unwrap();
-        g.push(multipart(&gw, CACHE, &key_of(nar), nar.clone()).await);
-        d.push(multipart(&direct, &direct_bucket, &format!("mp-{}", key_of(nar)), nar.clone()).await);
+        g.push(processes.counted(&mut g_cpu, multipart(&gw, CACHE, &key_of(nar), nar.clone())).await);
+        let key = format!("mp-{}", key_of(nar));
+        d.push(processes.counted(&mut d_cpu, multipart(&direct, &direct_bucket, &key, nar.clone())).await);
     }
     line("8 MiB multipart, one upload at a time", size, g, d, " (target ≥ 0.8)");
+    cpu_line(size * RUNS as u64, g_cpu, d_cpu);
 
     let batch: Vec<Bytes> = next.cloned().collect();
     let mut times = vec![];

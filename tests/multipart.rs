@@ -697,6 +697,36 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
             }
             _ => (b64(&raw_checksum(alg, &parts.concat())), ChecksumType::FullObject),
         };
+        // ListParts shows each part's checksum, as its UploadPart answered it.
+        let listed = client.list_parts().bucket("sums").key(&key).upload_id(id).send().await.unwrap();
+        let listed: Vec<Option<&str>> = listed
+            .parts()
+            .iter()
+            .map(|p| if alg == "crc32" { p.checksum_crc32() } else { p.checksum_crc64_nvme() })
+            .collect();
+        let sent: Vec<Option<&str>> = completed
+            .iter()
+            .map(|p| if alg == "crc32" { p.checksum_crc32() } else { p.checksum_crc64_nvme() })
+            .collect();
+        assert_eq!(listed, sent, "ListParts of {alg}");
+        // A Complete that names another checksum for a part: InvalidPart, and the upload stays.
+        let mut wrong = completed.clone();
+        let other = b64(&raw_checksum(alg, b"other bytes"));
+        let first = CompletedPart::builder().part_number(1).set_e_tag(wrong[0].e_tag().map(str::to_owned));
+        wrong[0] = match alg {
+            "crc32" => first.checksum_crc32(other).build(),
+            _ => first.checksum_crc64_nvme(other).build(),
+        };
+        let refused = client
+            .complete_multipart_upload()
+            .bucket("sums")
+            .key(&key)
+            .upload_id(id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(wrong)).build())
+            .send()
+            .await;
+        assert_eq!(failure(refused), (400, "InvalidPart".into()), "{alg}");
+
         let list = CompletedMultipartUpload::builder().set_parts(Some(completed)).build();
         let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         // A retried Complete (its first answer lost) answers as the first did, from the record

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,14 @@ pub enum UploadError {
         /// The ETag named.
         etag: String,
     },
+    /// Complete names a part with a checksum it was not uploaded with.
+    #[error("part {number} was not uploaded with the x-amz-checksum-{algorithm} that Complete names")]
+    PartChecksum {
+        /// The part number.
+        number: u32,
+        /// The algorithm.
+        algorithm: String,
+    },
     /// Complete's parts are not in ascending order (or repeat one).
     #[error("the list of parts was not in ascending order")]
     InvalidPartOrder,
@@ -165,6 +174,9 @@ pub struct StagedPart {
     pub size: u64,
     /// When its marker was written (the backend's clock).
     pub last_modified: SystemTime,
+    /// The checksums it was uploaded with (`x-amz-checksum-*`), by algorithm (`crc32`, …), base64
+    /// as S3 shows them; kept in its marker's name as hex.
+    pub checksums: BTreeMap<String, String>,
     /// Which upload of this part number it is.
     token: String,
 }
@@ -298,6 +310,8 @@ impl Uploads {
     /// Stages part `number` of upload `id` of `key` from `body`, streamed to the backend (never
     /// held whole); `content_md5`, if given, is checked ([`BackendError::DigestMismatch`]). The
     /// upload must be open and of `key` ([`UploadError::NoSuchUpload`], before the body is read).
+    /// `checksums`, asked once the body is staged, are the part's checksums to keep (by algorithm,
+    /// base64).
     pub async fn put_part(
         &self,
         id: &str,
@@ -305,6 +319,7 @@ impl Uploads {
         number: u32,
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
+        checksums: impl FnOnce() -> BTreeMap<String, String>,
     ) -> Result<StagedPart, UploadError> {
         if self.record(id).await?.key != key {
             return Err(UploadError::NoSuchUpload { id: id.to_owned() });
@@ -331,9 +346,14 @@ impl Uploads {
             let md5: [u8; 16] = md5::Digest::finalize(state.0.clone()).into();
             (md5, state.1)
         };
-        let marker = format!("{}{number:05}.{}.{size}.{token}", self.marker_prefix(id), hex::encode(md5));
+        let checksums: BTreeMap<String, String> =
+            checksums().into_iter().filter(|(alg, value)| marker_checksum(alg, value).is_some()).collect();
+        let mut marker = format!("{}{number:05}.{}.{size}.{token}", self.marker_prefix(id), hex::encode(md5));
+        for (alg, value) in &checksums {
+            marker.push_str(&marker_checksum(alg, value).unwrap_or_default());
+        }
         let written = self.backend.put(&marker, Bytes::new()).await?;
-        Ok(StagedPart { number, md5, size, last_modified: written.last_modified, token })
+        Ok(StagedPart { number, md5, size, last_modified: written.last_modified, checksums, token })
     }
 
     /// Every staged marker of upload `id`, in part order (a part uploaded more than once appears
@@ -529,13 +549,30 @@ fn parse_marker(object: &ObjectMeta, prefix: &str) -> Option<StagedPart> {
     let md5 = <[u8; 16]>::try_from(hex::decode(fields.next()?).ok()?).ok()?;
     let size = fields.next()?.parse().ok()?;
     let token = fields.next()?.to_owned();
-    fields.next().is_none().then_some(StagedPart {
-        number,
-        md5,
-        size,
-        last_modified: object.last_modified,
-        token,
-    })
+    let mut checksums = BTreeMap::new();
+    for field in fields {
+        let (alg, value) = field.split_once('-')?;
+        let raw = hex::decode(value).ok().filter(|raw| Some(raw.len()) == checksum_len(alg))?;
+        checksums.insert(alg.to_owned(), base64::engine::general_purpose::STANDARD.encode(raw));
+    }
+    Some(StagedPart { number, md5, size, last_modified: object.last_modified, checksums, token })
+}
+
+/// The length in bytes of a checksum of `alg`, one of S3's algorithms.
+fn checksum_len(alg: &str) -> Option<usize> {
+    match alg {
+        "crc32" | "crc32c" => Some(4),
+        "crc64nvme" => Some(8),
+        "sha1" => Some(20),
+        "sha256" => Some(32),
+        _ => None,
+    }
+}
+
+/// A part checksum as its marker's name carries it: `.<alg>-<hex>` (`None` if it is not one).
+fn marker_checksum(alg: &str, base64_value: &str) -> Option<String> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(base64_value).ok()?;
+    (Some(raw.len()) == checksum_len(alg)).then(|| format!(".{alg}-{}", hex::encode(raw)))
 }
 
 /// Removes every upload nothing was written to for `abandon_after` (by the backend's clock: the
@@ -611,6 +648,7 @@ mod tests {
             md5: crate::cache::md5(data),
             size: data.len() as u64,
             last_modified: SystemTime::UNIX_EPOCH,
+            checksums: BTreeMap::new(),
             token: String::new(),
         };
         let parts = [part(1, b"hello "), part(2, b"world")];
@@ -644,6 +682,15 @@ mod tests {
         assert_eq!(parse_marker(&meta(&format!("p/00000.{md5}.7.tok")), "p/"), None);
         assert_eq!(parse_marker(&meta(&format!("p/00001.{md5}.7.tok.x")), "p/"), None);
         assert_eq!(parse_marker(&meta("p/00001.zz.7.tok"), "p/"), None);
+        // A part's checksums follow, as hex; what is not one is no marker.
+        let crc = marker_checksum("crc32", "AAECAw==").unwrap();
+        assert_eq!(crc, ".crc32-00010203");
+        let part = parse_marker(&meta(&format!("p/00042.{md5}.7.tok{crc}")), "p/").unwrap();
+        assert_eq!(part.checksums, BTreeMap::from([("crc32".to_owned(), "AAECAw==".to_owned())]));
+        assert_eq!(marker_checksum("crc32", "AAEC"), None, "a CRC32 has 4 bytes");
+        assert_eq!(marker_checksum("md4", "AAECAw=="), None);
+        assert_eq!(parse_marker(&meta(&format!("p/00001.{md5}.7.tok.crc32-0001")), "p/"), None);
+        assert_eq!(parse_marker(&meta(&format!("p/00001.{md5}.7.tok.md4-00010203")), "p/"), None);
     }
 
     #[tokio::test]
@@ -654,11 +701,11 @@ mod tests {
         let uploads = Uploads::new(backend.clone(), "cache", &options);
         let id = uploads.create("a/key", Attributes::default()).await.unwrap();
         let body = |data: &'static [u8]| futures::stream::iter([Ok(Bytes::from_static(data))]).boxed();
-        let two = uploads.put_part(&id, "a/key", 2, body(b"world"), None).await.unwrap();
-        let first = uploads.put_part(&id, "a/key", 1, body(b"hell"), None).await.unwrap();
+        let two = uploads.put_part(&id, "a/key", 2, body(b"world"), None, BTreeMap::new).await.unwrap();
+        let first = uploads.put_part(&id, "a/key", 1, body(b"hell"), None, BTreeMap::new).await.unwrap();
         // Uploaded again: the newest shows, either can be completed.
-        let again = uploads.put_part(&id, "a/key", 1, body(b"hello "), None).await.unwrap();
-        let mismatch = uploads.put_part(&id, "a/key", 3, body(b"x"), Some([0; 16])).await;
+        let again = uploads.put_part(&id, "a/key", 1, body(b"hello "), None, BTreeMap::new).await.unwrap();
+        let mismatch = uploads.put_part(&id, "a/key", 3, body(b"x"), Some([0; 16]), BTreeMap::new).await;
         assert!(matches!(mismatch, Err(UploadError::Backend(BackendError::DigestMismatch { .. }))));
         let parts = uploads.parts(&id).await.unwrap();
         assert_eq!(parts.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 2]);
@@ -675,7 +722,7 @@ mod tests {
             uploads.select(&id, &[(1, two.etag())]).await,
             Err(UploadError::InvalidPart { number: 1, .. })
         ));
-        let small = uploads.put_part(&id, "a/key", 3, body(b"abc"), None).await.unwrap();
+        let small = uploads.put_part(&id, "a/key", 3, body(b"abc"), None, BTreeMap::new).await.unwrap();
         assert!(matches!(
             uploads.select(&id, &[(3, small.etag()), (4, two.etag())]).await,
             Err(UploadError::InvalidPart { number: 4, .. })
@@ -685,8 +732,8 @@ mod tests {
         let too_small = uploads.select(&id, &[(1, first.etag()), (3, small.etag())]).await;
         assert!(too_small.is_ok(), "4 bytes is the minimum");
         let id2 = uploads.create("other", Attributes::default()).await.unwrap();
-        uploads.put_part(&id2, "other", 1, body(b"ab"), None).await.unwrap();
-        uploads.put_part(&id2, "other", 2, body(b"cd"), None).await.unwrap();
+        uploads.put_part(&id2, "other", 1, body(b"ab"), None, BTreeMap::new).await.unwrap();
+        uploads.put_part(&id2, "other", 2, body(b"cd"), None, BTreeMap::new).await.unwrap();
         let chosen = uploads.parts(&id2).await.unwrap();
         assert!(matches!(
             uploads.select(&id2, &[(1, chosen[0].etag()), (2, chosen[1].etag())]).await,

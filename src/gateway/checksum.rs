@@ -22,7 +22,7 @@ use s3s::crypto::Checksum as _;
 use s3s::dto::{Checksum, ChecksumAlgorithm, ChecksumType};
 use s3s::{S3Result, s3_error};
 
-use super::body::{ALGORITHMS, CHECKSUM_PREFIX, set_value};
+use super::body::{ALGORITHMS, CHECKSUM_PREFIX, set_value, value_of};
 use crate::backend::{BackendError, ByteStream, LateMetadata};
 
 /// The metadata name under which an object keeps its checksum type (`FULL_OBJECT` or
@@ -50,6 +50,14 @@ pub fn full_object_entries(checksum: &Checksum) -> Vec<(String, String)> {
         entries.push(type_entry(ChecksumType::FULL_OBJECT));
     }
     entries
+}
+
+/// The checksums of `checksum` that are set, by algorithm (`crc32`, …): what a staged part keeps.
+pub fn part_entries(checksum: &Checksum) -> BTreeMap<String, String> {
+    ALGORITHMS
+        .iter()
+        .filter_map(|alg| value_of(checksum, alg).map(|value| ((*alg).to_owned(), value.trim().to_owned())))
+        .collect()
 }
 
 /// The checksums and checksum type that `metadata` keeps (see [`entry`] and [`CHECKSUM_TYPE`]).

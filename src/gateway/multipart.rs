@@ -116,6 +116,10 @@ fn upload_error(key: &str, e: UploadError) -> S3Error {
             InvalidPart,
             "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag. (part {number})"
         ),
+        UploadError::PartChecksum { number, algorithm } => s3_error!(
+            InvalidPart,
+            "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified checksum may not match the part's checksum. (part {number}, x-amz-checksum-{algorithm})"
+        ),
         UploadError::InvalidPartOrder => {
             s3_error!(
                 InvalidPartOrder,
@@ -209,7 +213,13 @@ impl Gateway {
         // Content-MD5 and checksums are checked as the body arrives; the upload is checked
         // before the body is read (hyper sends `100 Continue` only then).
         let (body, receipt) = receive(key, input.body, expected, self.inner.body_idle_timeout);
-        let staged = self.uploads(&input.bucket).put_part(&input.upload_id, key, number, body, None).await;
+        // The checksums the body was checked against are kept with the part.
+        let checksums = || {
+            let received = receipt.outcome().and_then(Result::ok).map(|r| r.checksum).unwrap_or_default();
+            checksum::part_entries(&received)
+        };
+        let staged =
+            self.uploads(&input.bucket).put_part(&input.upload_id, key, number, body, None, checksums).await;
         if let Some(failure) = receipt.failure() {
             return Err(failure.to_s3());
         }
@@ -296,15 +306,33 @@ impl Gateway {
             Err(UploadError::NoSuchUpload { .. }) => return Ok(None),
             Err(e) => return Err(upload_error(key, e)),
         };
-        let mut requested = vec![];
+        let (mut requested, mut checksums) = (vec![], vec![]);
         for part in list.and_then(|l| l.parts).unwrap_or_default() {
             let number =
                 part.part_number.ok_or_else(|| s3_error!(MalformedXML, "a Part without PartNumber"))?;
             let number = uploads::part_number(i64::from(number)).map_err(|e| upload_error(key, e))?;
             let etag = part.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default();
+            let named = Checksum {
+                checksum_crc32: part.checksum_crc32,
+                checksum_crc32c: part.checksum_crc32c,
+                checksum_crc64nvme: part.checksum_crc64nvme,
+                checksum_sha1: part.checksum_sha1,
+                checksum_sha256: part.checksum_sha256,
+                ..Default::default()
+            };
             requested.push((number, etag));
+            checksums.push(checksum::part_entries(&named));
         }
         let parts = staging.select(id, &requested).await.map_err(|e| upload_error(key, e))?;
+        // Every checksum Complete names for a part must be the one the part came with.
+        for (part, named) in parts.iter().zip(&checksums) {
+            if let Some((algorithm, _)) =
+                named.iter().find(|(alg, value)| part.checksums.get(*alg) != Some(value))
+            {
+                let error = UploadError::PartChecksum { number: part.number, algorithm: algorithm.clone() };
+                return Err(upload_error(key, error));
+            }
+        }
         let etag = uploads::multipart_etag(&parts);
 
         let mut completes = self.inner.completes.lock();
@@ -408,6 +436,11 @@ impl Gateway {
                 last_modified: Some(timestamp(p.last_modified)),
                 part_number: Some(p.number as i32),
                 size: Some(p.size as i64),
+                checksum_crc32: p.checksums.get("crc32").cloned(),
+                checksum_crc32c: p.checksums.get("crc32c").cloned(),
+                checksum_crc64nvme: p.checksums.get("crc64nvme").cloned(),
+                checksum_sha1: p.checksums.get("sha1").cloned(),
+                checksum_sha256: p.checksums.get("sha256").cloned(),
                 ..Default::default()
             })
             .collect();
