@@ -441,7 +441,6 @@ impl Gateway {
                 checksum_crc64nvme: p.checksums.get("crc64nvme").cloned(),
                 checksum_sha1: p.checksums.get("sha1").cloned(),
                 checksum_sha256: p.checksums.get("sha256").cloned(),
-                ..Default::default()
             })
             .collect();
         let next = page.last().and_then(|p| p.part_number).filter(|_| truncated);
