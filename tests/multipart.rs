@@ -766,4 +766,99 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
         // For a full-object checksum, the SDK checks the body against it as it reads.
         assert!(got.body.collect().await.unwrap().into_bytes() == parts.concat(), "{alg}");
     }
+
+    // A NAR, uploaded as the aws cli ≥ 2.23 uploads one (CRC64NVME, full object): its bytes go
+    // to the ingest, and Complete answers the checksum made of the parts' own.
+    let nar = nargate::nix::nar::write_nar(&nargate::nix::nar::NarNode::File {
+        executable: false,
+        contents: pseudo_random(3 << 20, 5),
+    })
+    .unwrap();
+    let key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&sha256(&nar)));
+    let created = client
+        .create_multipart_upload()
+        .bucket("sums")
+        .key(&key)
+        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+        .send()
+        .await
+        .unwrap();
+    let id = created.upload_id().unwrap();
+    let mut completed = vec![];
+    for (i, part) in [&nar[..2 << 20], &nar[2 << 20..]].into_iter().enumerate() {
+        let number = i as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket("sums")
+            .key(&key)
+            .upload_id(id)
+            .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .body(ByteStream::from(part.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        let sum = out.checksum_crc64_nvme().unwrap().to_owned();
+        let part = CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned));
+        completed.push(part.checksum_crc64_nvme(sum).build());
+    }
+    let done = client
+        .complete_multipart_upload()
+        .bucket("sums")
+        .key(&key)
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+        .send()
+        .await
+        .unwrap();
+    let expected = b64(&raw_checksum("crc64nvme", &nar));
+    assert_eq!(
+        (done.checksum_crc64_nvme(), done.checksum_type()),
+        (Some(expected.as_str()), Some(&ChecksumType::FullObject)),
+        "the NAR's Complete"
+    );
+    let got = client.get_object().bucket("sums").key(&key).send().await.unwrap();
+    assert!(got.body.collect().await.unwrap().into_bytes() == nar, "the NAR reads back");
+
+    // Parts sent without checksums (a client that sends none unless asked) into an upload that
+    // has one: the object's checksum is computed from the parts' bytes at Complete.
+    let plain = aws_sdk_s3::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+            .build(),
+    );
+    let parts = [pseudo_random((1 << 20) + 11, 70), pseudo_random(5_000, 71)];
+    let created = plain
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("log/unsummed-parts")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await
+        .unwrap();
+    let id = created.upload_id().unwrap();
+    let mut completed = vec![];
+    for (i, data) in parts.iter().enumerate() {
+        let number = i as i32 + 1;
+        let upload = plain.upload_part().bucket("sums").key("log/unsummed-parts").upload_id(id);
+        let out = upload.part_number(number).body(ByteStream::from(data.clone())).send().await.unwrap();
+        assert_eq!(out.checksum_crc32(), None, "no checksum was sent with part {number}");
+        completed.push(
+            CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build(),
+        );
+    }
+    let done = plain
+        .complete_multipart_upload()
+        .bucket("sums")
+        .key("log/unsummed-parts")
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+        .send()
+        .await
+        .unwrap();
+    let sums: Vec<u8> = parts.iter().flat_map(|p| raw_checksum("crc32", p)).collect();
+    let expected = format!("{}-2", b64(&raw_checksum("crc32", &sums)));
+    assert_eq!(done.checksum_crc32(), Some(expected.as_str()), "computed from the bytes");
 }

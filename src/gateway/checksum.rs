@@ -9,7 +9,10 @@
 //! | `FULL_OBJECT` | CRC32, CRC32C, CRC64NVME | the checksum of the whole object, base64 |
 //!
 //! (as S3 documents in "Checking object integrity"). The parts' own checksums were checked when
-//! they were uploaded; the staged bytes are checked against their MD5s as they stream.
+//! they were uploaded; the staged bytes are checked against their MD5s as they stream. When every
+//! part kept its checksum of the upload's algorithm, the object's is made from those alone
+//! ([`from_part_checksums`]: a full-object CRC by combining the parts' CRCs), without reading a
+//! byte; that is also how a NAR upload, whose bytes go to the ingest, gets its checksum.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -196,6 +199,51 @@ impl MultipartChecksum {
     }
 }
 
+/// The object checksum, as metadata entries, of a multipart upload made by `checksum` from parts
+/// whose own checksums (base64, as kept with the staged parts) and sizes are `parts` — what
+/// [`checksummed`] computes from their bytes; `None` if a part has no checksum (or not a valid
+/// one) of the algorithm.
+pub fn from_part_checksums(
+    checksum: MultipartChecksum,
+    parts: &[(Option<&str>, u64)],
+) -> Option<Vec<(String, String)>> {
+    let raws: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|(value, _)| base64::engine::general_purpose::STANDARD.decode((*value)?).ok())
+        .collect::<Option<_>>()?;
+    let value = if checksum.full_object {
+        let algorithm = match checksum.algorithm {
+            "crc32" => crc_fast::CrcAlgorithm::Crc32IsoHdlc,
+            "crc32c" => crc_fast::CrcAlgorithm::Crc32Iscsi,
+            "crc64nvme" => crc_fast::CrcAlgorithm::Crc64Nvme,
+            _ => return None,
+        };
+        let width = if checksum.algorithm == "crc64nvme" { 8 } else { 4 };
+        let mut combined: Option<u64> = None;
+        for (raw, (_, size)) in raws.iter().zip(parts) {
+            if raw.len() != width {
+                return None;
+            }
+            // S3's CRCs are the big-endian bytes of the value.
+            let mut bytes = [0u8; 8];
+            bytes[8 - width..].copy_from_slice(raw);
+            let crc = u64::from_be_bytes(bytes);
+            combined = Some(match combined {
+                None => crc,
+                Some(before) => crc_fast::checksum_combine(algorithm, before, crc, *size),
+            });
+        }
+        // (Complete refuses an upload of no part: a CRC of no byte is 0 anyway.)
+        let combined = combined.unwrap_or(0);
+        base64(&combined.to_be_bytes()[8 - width..])
+    } else {
+        let mut of_sums = Hasher::new(checksum.algorithm);
+        of_sums.update(&raws.concat());
+        format!("{}-{}", base64(&of_sums.finalize()), parts.len())
+    };
+    Some(vec![entry(checksum.algorithm, &value), type_entry(checksum.type_name())])
+}
+
 /// The running checksum of an object made of parts of known sizes.
 struct PartSums {
     checksum: MultipartChecksum,
@@ -353,6 +401,40 @@ mod tests {
         let sums = [raw("crc32", b"ab"), raw("crc32", b"")].concat();
         let expected = format!("{}-2", base64(&raw("crc32", &sums)));
         assert_eq!(checksum_of(&with_empty_last, composite, 1).await, expected);
+    }
+
+    /// The checksum made from the parts' own checksums is the one made from their bytes, for
+    /// every algorithm and type; a part without one makes none.
+    #[tokio::test]
+    async fn checksums_from_the_parts_checksums_are_those_of_their_bytes() {
+        let parts: [&'static [u8]; 4] = [b"hello ", b"wide and ", b"", b"world of bytes"];
+        let cases = [
+            ("crc32", false),
+            ("crc32", true),
+            ("crc32c", false),
+            ("crc32c", true),
+            ("crc64nvme", true),
+            ("sha1", false),
+            ("sha256", false),
+        ];
+        for (algorithm, full_object) in cases {
+            let checksum = MultipartChecksum { algorithm, full_object };
+            let sums: Vec<String> = parts.iter().map(|p| base64(&raw(algorithm, p))).collect();
+            let with_sums: Vec<(Option<&str>, u64)> =
+                sums.iter().zip(parts).map(|(s, p)| (Some(s.as_str()), p.len() as u64)).collect();
+            let entries: BTreeMap<String, String> =
+                from_part_checksums(checksum, &with_sums).unwrap().into_iter().collect();
+            let of_bytes = checksum_of(&parts, checksum, 3).await;
+            assert_eq!(
+                entries[&format!("{CHECKSUM_PREFIX}{algorithm}")],
+                of_bytes,
+                "{algorithm} {full_object}"
+            );
+            assert_eq!(entries[CHECKSUM_TYPE], checksum.type_name());
+            let mut missing = with_sums.clone();
+            missing[1].0 = None;
+            assert_eq!(from_part_checksums(checksum, &missing), None, "{algorithm}: a part without");
+        }
     }
 
     #[test]

@@ -334,6 +334,15 @@ impl Gateway {
             }
         }
         let etag = uploads::multipart_etag(&parts);
+        // The object's checksum, if the upload has one and every part kept its own.
+        let of_parts = record.attributes.metadata.get(uploads::CHECKSUM_METADATA).and_then(|c| {
+            let checksum = MultipartChecksum::decode(c)?;
+            let sums: Vec<_> = parts
+                .iter()
+                .map(|p| (p.checksums.get(checksum.algorithm).map(String::as_str), p.size))
+                .collect();
+            checksum::from_part_checksums(checksum, &sums)
+        });
 
         let mut completes = self.inner.completes.lock();
         let slot = (bucket.to_owned(), id.to_owned());
@@ -353,7 +362,11 @@ impl Gateway {
                         let mut attributes = uploads::with_etag(record.attributes.clone(), &etag);
                         let checksum = attributes.metadata.remove(uploads::CHECKSUM_METADATA);
                         let mut body = staging.body(&id, &parts);
-                        if let Some(checksum) = checksum.as_deref().and_then(MultipartChecksum::decode) {
+                        if let Some(entries) = &of_parts {
+                            attributes.metadata.extend(entries.iter().cloned());
+                        } else if let Some(checksum) = checksum.as_deref().and_then(MultipartChecksum::decode)
+                        {
+                            // A part kept no checksum: the object's is computed from the bytes.
                             let sizes = parts.iter().map(|p| p.size).collect();
                             body = checksummed(body, sizes, checksum, late_metadata.clone());
                         }
@@ -362,7 +375,10 @@ impl Gateway {
                         gateway.write_object(&bucket, &key, body, upload).await?;
                     }
                 }
-                let checksums = late_metadata.entries();
+                let checksums = match of_parts {
+                    Some(entries) => entries.into_iter().collect(),
+                    None => late_metadata.entries(),
+                };
                 let (checksum, checksum_type) = checksum::from_metadata(&checksums);
                 staging.finish(&id, &record, &etag, checksums).await.map_err(|e| upload_error(&key, e))?;
                 Ok::<_, S3Error>(Completed { etag: etag.clone(), checksum, checksum_type })
