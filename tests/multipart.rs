@@ -802,16 +802,18 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
         let part = CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned));
         completed.push(part.checksum_crc64_nvme(sum).build());
     }
-    let done = client
-        .complete_multipart_upload()
-        .bucket("sums")
-        .key(&key)
-        .upload_id(id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
-        .send()
-        .await
-        .unwrap();
     let expected = b64(&raw_checksum("crc64nvme", &nar));
+    let list = CompletedMultipartUpload::builder().set_parts(Some(completed)).build();
+    let complete = || client.complete_multipart_upload().bucket("sums").key(&key).upload_id(id);
+    // A whole-object checksum sent with Complete is checked: another value is BadDigest, another
+    // algorithm InvalidRequest, and the upload stays open for the right one.
+    let other = b64(&raw_checksum("crc64nvme", b"other"));
+    let wrong = complete().multipart_upload(list.clone()).checksum_crc64_nvme(other).send().await;
+    assert_eq!(failure(wrong), (400, "BadDigest".into()), "a wrong whole-object checksum");
+    let crc32 = b64(&raw_checksum("crc32", &nar));
+    let another = complete().multipart_upload(list.clone()).checksum_crc32(crc32).send().await;
+    assert_eq!(failure(another), (400, "InvalidRequest".into()), "another algorithm");
+    let done = complete().multipart_upload(list).checksum_crc64_nvme(&expected).send().await.unwrap();
     assert_eq!(
         (done.checksum_crc64_nvme(), done.checksum_type()),
         (Some(expected.as_str()), Some(&ChecksumType::FullObject)),
@@ -849,16 +851,26 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
             CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build(),
         );
     }
-    let done = plain
-        .complete_multipart_upload()
-        .bucket("sums")
-        .key("log/unsummed-parts")
-        .upload_id(id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
-        .send()
-        .await
-        .unwrap();
+    let list = CompletedMultipartUpload::builder().set_parts(Some(completed)).build();
+    let complete =
+        || plain.complete_multipart_upload().bucket("sums").key("log/unsummed-parts").upload_id(id);
     let sums: Vec<u8> = parts.iter().flat_map(|p| raw_checksum("crc32", p)).collect();
-    let expected = format!("{}-2", b64(&raw_checksum("crc32", &sums)));
+    let sum = b64(&raw_checksum("crc32", &sums));
+    // Computed as the object is written, a claimed checksum that is not it fails the write before
+    // the object is whole: nothing is visible, and the upload stays open.
+    let wrong = complete()
+        .multipart_upload(list.clone())
+        .checksum_crc32(b64(&raw_checksum("crc32", b"x")))
+        .send()
+        .await;
+    assert_eq!(
+        failure(wrong),
+        (400, "BadDigest".into()),
+        "a wrong claimed checksum, computed from the bytes"
+    );
+    let missing = plain.head_object().bucket("sums").key("log/unsummed-parts").send().await;
+    assert_eq!(failure(missing).0, 404, "nothing of it visible");
+    let done = complete().multipart_upload(list).checksum_crc32(&sum).send().await.unwrap();
+    let expected = format!("{sum}-2");
     assert_eq!(done.checksum_crc32(), Some(expected.as_str()), "computed from the bytes");
 }

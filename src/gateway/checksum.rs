@@ -313,21 +313,72 @@ impl PartSums {
     }
 }
 
+/// The whole object's checksum a client sends with CompleteMultipartUpload, to be checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Its algorithm, the upload's.
+    pub algorithm: &'static str,
+    /// Its value, base64 (for a COMPOSITE checksum with or without its `-N`).
+    pub value: String,
+}
+
+impl Claimed {
+    /// The error of an object whose checksum is not the one claimed.
+    pub fn mismatch(&self) -> s3s::S3Error {
+        s3s::S3Error::with_message(
+            s3s::S3ErrorCode::BadDigest,
+            format!(
+                "The x-amz-checksum-{} you specified did not match the calculated checksum.",
+                self.algorithm
+            ),
+        )
+    }
+}
+
+/// The checksum `sent` with a Complete of an upload made by `upload` (`None` if it sends none):
+/// one of another algorithm than the upload's, or with an upload that has none, cannot be
+/// checked, and is InvalidRequest, as in S3.
+pub fn claimed_for(upload: Option<MultipartChecksum>, sent: &Checksum) -> S3Result<Option<Claimed>> {
+    let Some((algorithm, value)) = ALGORITHMS.iter().find_map(|a| Some((*a, value_of(sent, a)?))) else {
+        return Ok(None);
+    };
+    match upload {
+        Some(upload) if upload.algorithm == algorithm => {
+            Ok(Some(Claimed { algorithm, value: value.trim().to_owned() }))
+        }
+        _ => Err(s3_error!(
+            InvalidRequest,
+            "The upload was not created with the {algorithm} checksum algorithm that Complete names."
+        )),
+    }
+}
+
+/// Whether the object checksum of `entries` (metadata entries) is the one `claimed`.
+pub fn matches(claimed: &Claimed, entries: &[(String, String)]) -> bool {
+    let name = format!("{CHECKSUM_PREFIX}{}", claimed.algorithm);
+    entries.iter().any(|(k, v)| {
+        *k == name && (*v == claimed.value || v.split_once('-').is_some_and(|(sum, _)| sum == claimed.value))
+    })
+}
+
 /// `body`, the staged parts of `sizes` concatenated, computing the object's `checksum` on the
-/// way: once `body` has ended, and before the stream says so, its entries are added to `late`.
+/// way: once `body` has ended, and before the stream says so, its entries are added to `late` —
+/// or, if they are not the `claimed` checksum, the stream ends with an error instead.
 pub fn checksummed(
     body: ByteStream,
     sizes: Vec<u64>,
     checksum: MultipartChecksum,
+    claimed: Option<Claimed>,
     late: LateMetadata,
 ) -> ByteStream {
-    Checksummed { body, sums: Some(PartSums::new(checksum, sizes)), late }.boxed()
+    Checksummed { body, sums: Some(PartSums::new(checksum, sizes)), claimed, late }.boxed()
 }
 
 /// See [`checksummed`].
 struct Checksummed {
     body: ByteStream,
     sums: Option<PartSums>,
+    claimed: Option<Claimed>,
     late: LateMetadata,
 }
 
@@ -346,7 +397,17 @@ impl Stream for Checksummed {
             Poll::Ready(Some(Err(_))) => this.sums = None,
             Poll::Ready(None) => {
                 if let Some(sums) = this.sums.take() {
-                    this.late.extend(sums.finish());
+                    let entries = sums.finish();
+                    if let Some(claimed) = &this.claimed
+                        && !matches(claimed, &entries)
+                    {
+                        let key = format!(
+                            "the object of a multipart upload (x-amz-checksum-{})",
+                            claimed.algorithm
+                        );
+                        return Poll::Ready(Some(Err(BackendError::DigestMismatch { key })));
+                    }
+                    this.late.extend(entries);
                 }
             }
             Poll::Pending => {}
@@ -372,7 +433,7 @@ mod tests {
             whole.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let late = LateMetadata::default();
         let sizes = parts.iter().map(|p| p.len() as u64).collect();
-        let body = checksummed(futures::stream::iter(pieces).boxed(), sizes, checksum, late.clone());
+        let body = checksummed(futures::stream::iter(pieces).boxed(), sizes, checksum, None, late.clone());
         let got: Vec<Bytes> = body.try_collect().await.unwrap();
         assert_eq!(got.concat(), whole);
         let entries = late.entries();

@@ -246,10 +246,19 @@ impl Gateway {
         let input = req.input;
         let (bucket, key, id) = (input.bucket.clone(), input.key.clone(), input.upload_id.clone());
         self.existing(&bucket).await?;
+        // The whole object's checksum, if the client sends one to be checked.
+        let claimed = Checksum {
+            checksum_crc32: input.checksum_crc32,
+            checksum_crc32c: input.checksum_crc32c,
+            checksum_crc64nvme: input.checksum_crc64nvme,
+            checksum_sha1: input.checksum_sha1,
+            checksum_sha256: input.checksum_sha256,
+            ..Default::default()
+        };
         let running = self.inner.completes.lock().get(&(bucket.clone(), id.clone())).cloned();
         let outcome = match running {
             Some(running) => running,
-            None => match self.start_complete(&bucket, &key, &id, input.multipart_upload).await? {
+            None => match self.start_complete(&bucket, &key, &id, input.multipart_upload, claimed).await? {
                 Some(outcome) => outcome,
                 None => {
                     // Finished before: answer as the first Complete did.
@@ -298,6 +307,7 @@ impl Gateway {
         key: &str,
         id: &str,
         list: Option<CompletedMultipartUpload>,
+        claimed: Checksum,
     ) -> S3Result<Option<Joinable>> {
         let staging = self.uploads(bucket);
         let record = match staging.record(id).await {
@@ -343,6 +353,17 @@ impl Gateway {
                 .collect();
             checksum::from_part_checksums(checksum, &sums)
         });
+        let upload_checksum = record
+            .attributes
+            .metadata
+            .get(uploads::CHECKSUM_METADATA)
+            .and_then(|c| MultipartChecksum::decode(c));
+        let claimed = checksum::claimed_for(upload_checksum, &claimed)?;
+        if let (Some(claimed), Some(entries)) = (&claimed, &of_parts)
+            && !checksum::matches(claimed, entries)
+        {
+            return Err(claimed.mismatch());
+        }
 
         let mut completes = self.inner.completes.lock();
         let slot = (bucket.to_owned(), id.to_owned());
@@ -366,9 +387,10 @@ impl Gateway {
                             attributes.metadata.extend(entries.iter().cloned());
                         } else if let Some(checksum) = checksum.as_deref().and_then(MultipartChecksum::decode)
                         {
-                            // A part kept no checksum: the object's is computed from the bytes.
+                            // A part kept no checksum: the object's is computed from the bytes
+                            // (and checked against the one claimed before the object is whole).
                             let sizes = parts.iter().map(|p| p.size).collect();
-                            body = checksummed(body, sizes, checksum, late_metadata.clone());
+                            body = checksummed(body, sizes, checksum, claimed.clone(), late_metadata.clone());
                         }
                         let upload =
                             Upload { attributes, late_metadata: late_metadata.clone(), ..Default::default() };
