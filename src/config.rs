@@ -86,6 +86,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "NARGATE_S3_ACCESS_KEY_ID",
     "NARGATE_S3_SECRET_ACCESS_KEY",
     "NARGATE_S3_CONNECTIONS",
+    "NARGATE_S3_PUT_CHECK",
     "NARGATE_S3_CONNECT_TIMEOUT_SECS",
     "NARGATE_S3_OPERATION_TIMEOUT_SECS",
     "NARGATE_S3_MAX_ATTEMPTS",
@@ -217,6 +218,8 @@ pub struct S3BackendConfig {
     pub secret_access_key: Option<Secret>,
     /// How connections to the endpoint are used (`NARGATE_S3_CONNECTIONS`).
     pub connections: Connections,
+    /// How the server checks chunk and record PUTs (`NARGATE_S3_PUT_CHECK`).
+    pub put_check: PutCheck,
     /// How long to wait for a connection; the SDK's default when `None`
     /// (TOML `connect_timeout_secs`, `NARGATE_S3_CONNECT_TIMEOUT_SECS`).
     #[serde(rename = "connect_timeout_secs", deserialize_with = "optional_secs")]
@@ -231,6 +234,9 @@ pub struct S3BackendConfig {
 
 /// How an S3 backend uses connections (TOML: `"reuse"`, `"quickack"`, `"new-per-request"`).
 pub use crate::backend::s3::ConnectionMode as Connections;
+
+/// How an S3 backend's server checks chunk and record PUTs (TOML: `"crc32c"`, `"content-md5"`).
+pub use crate::backend::s3::PutCheck;
 
 /// The client key pair the configuration names (`[credentials]`): both or neither.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -493,6 +499,7 @@ impl Default for S3BackendConfig {
             access_key_id: d.access_key_id,
             secret_access_key: d.secret_access_key.map(Secret),
             connections: Connections::default(),
+            put_check: d.put_check,
             connect_timeout: d.connect_timeout,
             operation_timeout: d.operation_timeout,
             max_attempts: d.max_attempts,
@@ -680,6 +687,10 @@ impl Config {
                 self.s3_mut().connections = Connections::deserialize(value.into_deserializer())
                     .map_err(|e: serde::de::value::Error| format!("{value:?}: {e}"))?;
             }
+            "NARGATE_S3_PUT_CHECK" => {
+                self.s3_mut().put_check = PutCheck::deserialize(value.into_deserializer())
+                    .map_err(|e: serde::de::value::Error| format!("{value:?}: {e}"))?;
+            }
             "NARGATE_S3_CONNECT_TIMEOUT_SECS" => {
                 self.s3_mut().connect_timeout = Some(duration_from_secs(parse(value)?)?);
             }
@@ -758,6 +769,7 @@ impl S3BackendConfig {
             prefix: self.prefix.clone(),
             max_attempts: self.max_attempts,
             connections: self.connections,
+            put_check: self.put_check,
             connect_timeout: self.connect_timeout,
             operation_timeout: self.operation_timeout,
         }
@@ -987,6 +999,7 @@ mod tests {
             access_key_id = "GK123"
             secret_access_key = "backend-secret"
             connections = "new-per-request"
+            put_check = "content-md5"
             connect_timeout_secs = 2.5
             operation_timeout_secs = 60
             max_attempts = 5
@@ -1035,6 +1048,7 @@ mod tests {
             access_key_id: Some("GK123".into()),
             secret_access_key: Some(Secret::new("backend-secret")),
             connections: Connections::NewPerRequest,
+            put_check: PutCheck::ContentMd5,
             connect_timeout: Some(Duration::from_millis(2500)),
             operation_timeout: Some(Duration::from_secs(60)),
             max_attempts: 5,
@@ -1106,6 +1120,14 @@ mod tests {
             mapped.connections == Connections::NewPerRequest && mapped.path_style && mapped.max_attempts == 5
         );
         assert_eq!(mapped.prefix.as_deref(), Some("nargate/"));
+        assert_eq!(mapped.put_check, PutCheck::ContentMd5);
+        let by_env =
+            Config::load(None, env(&[("NARGATE_S3_BUCKET", "b"), ("NARGATE_S3_PUT_CHECK", "content-md5")]));
+        let BackendConfig::S3(by_env) = by_env.unwrap().backend else { panic!("an S3 backend") };
+        assert_eq!(
+            (by_env.put_check, S3BackendConfig::default().put_check),
+            (PutCheck::ContentMd5, PutCheck::Crc32c)
+        );
     }
 
     #[test]
@@ -1319,6 +1341,7 @@ mod tests {
             ("NARGATE_READ_AHEAD", "many"),
             ("NARGATE_S3_PATH_STYLE", "yes"),
             ("NARGATE_S3_CONNECTIONS", "keep"),
+            ("NARGATE_S3_PUT_CHECK", "md5"),
             ("NARGATE_S3_MAX_ATTEMPTS", "-1"),
             ("NARGATE_METADATA_TTL_SECS", "-1"),
             ("NARGATE_S3_CONNECT_TIMEOUT_SECS", "soon"),

@@ -897,6 +897,47 @@ mod s3_only {
         out.uploads().iter().map(|u| u.key().unwrap_or_default().to_owned()).collect()
     }
 
+    /// A PUT in one piece (chunks, records) carries a CRC32C that the server keeps and checks, or,
+    /// with `put_check = "content-md5"`, a Content-MD5 instead; both read back.
+    #[tokio::test]
+    async fn one_piece_puts_are_checked_by_crc32c_or_content_md5() {
+        use base64::Engine as _;
+        use nargate::backend::s3::PutCheck;
+        let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
+        let body = bytes::Bytes::from(crate::common::pseudo_random(100_000, 3));
+        let crc32c = base64::engine::general_purpose::STANDARD.encode(crc32c_of(&body));
+        for (check, kept) in [(PutCheck::Crc32c, Some(crc32c.as_str())), (PutCheck::ContentMd5, None)] {
+            let name = garage.create_bucket().await;
+            let config = S3Config { put_check: check, ..garage.config(&name) };
+            let backend = S3Backend::new(config.clone()).await.expect("backend");
+            let meta = backend.put("chunks/x", body.clone()).await.unwrap();
+            assert_eq!(meta.etag, nargate::cache::md5_hex(&body), "{check:?}");
+            assert!(nargate::backend::get_bytes(&backend, "chunks/x").await.unwrap() == body, "{check:?}");
+            // Garage keeps a checksum it was sent, and shows it to a GET in checksum mode.
+            let got = raw_client(&config)
+                .get_object()
+                .bucket(&name)
+                .key("chunks/x")
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(got.checksum_crc32_c(), kept, "{check:?}: the checksum the server got");
+        }
+    }
+
+    /// CRC32C (Castagnoli) of `data`, big-endian, as S3 carries it; computed here, bit by bit.
+    fn crc32c_of(data: &[u8]) -> [u8; 4] {
+        let mut crc = !0u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            }
+        }
+        (!crc).to_be_bytes()
+    }
+
     /// A fresh bucket: its name, a backend on it and a plain client.
     async fn bucket() -> (String, Arc<S3Backend>, aws_sdk_s3::Client) {
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");

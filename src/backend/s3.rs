@@ -7,7 +7,8 @@
 //!
 //! Every PUT is checked by the server, which refuses a body damaged on the way: the small ones in
 //! one piece (chunks, records) by an `x-amz-checksum-crc32c`, which costs next to nothing to
-//! compute (a server too old to know it ignores it), streamed ones by a Content-MD5 per request,
+//! compute (a server too old to know it ignores it; one that refuses it takes
+//! [`PutCheck::ContentMd5`]), streamed ones by a Content-MD5 per request,
 //! whose MD5 is the object's ETag anyway. No other checksums are sent or required
 //! (`WhenRequired`), which keeps older S3 servers happy. A PUT's
 //! [`ObjectMeta::last_modified`] is the server's `Date` on its response — its own clock, at or
@@ -156,6 +157,8 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// How connections to the endpoint are kept (see [`ConnectionMode`]).
     pub connections: ConnectionMode,
+    /// How the server checks chunk and record PUTs (see [`PutCheck`]).
+    pub put_check: PutCheck,
     /// How long to wait for a connection to the endpoint (the SDK's default when `None`).
     pub connect_timeout: Option<std::time::Duration>,
     /// How long one operation may take in all, retries included (no limit when `None`).
@@ -176,6 +179,7 @@ impl Default for S3Config {
             prefix: None,
             max_attempts: 3,
             connections: ConnectionMode::default(),
+            put_check: PutCheck::default(),
             connect_timeout: None,
             operation_timeout: None,
         }
@@ -225,6 +229,18 @@ pub enum ConnectionMode {
     NewPerRequest,
 }
 
+/// How the server checks a chunk or record PUT (a body sent in one piece) for damage on the way.
+/// In the configuration file: `"crc32c"`, `"content-md5"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PutCheck {
+    /// An `x-amz-checksum-crc32c`, which costs next to nothing to compute. The default.
+    #[default]
+    Crc32c,
+    /// A `Content-MD5`, an MD5 pass over every byte: for a server that refuses checksum headers.
+    ContentMd5,
+}
+
 /// Why an [`S3Config`] cannot make a backend.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -246,6 +262,7 @@ pub struct S3Backend {
     client: Client,
     bucket: String,
     prefix: String,
+    put_check: PutCheck,
 }
 
 impl S3Backend {
@@ -304,6 +321,7 @@ impl S3Backend {
             client: Client::from_conf(s3),
             bucket: config.bucket,
             prefix: config.prefix.unwrap_or_default(),
+            put_check: config.put_check,
         })
     }
 
@@ -347,12 +365,14 @@ impl S3Backend {
     /// ingest after zstd — is saved (CRC32C runs at many GB/s).
     async fn put_crc32c(&self, key: &str, full: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
         let size = body.len() as u64;
+        // Computed here: with `WhenRequired`, the SDK would announce the algorithm and send no value.
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &body) as u32;
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(full)
-            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+            .checksum_crc32_c(base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()))
             .body(ByteStream::from(body.clone()));
         let (out, date) = send_dated!(request, key, unsigned_payload);
         // The MD5 is computed only for a server that sends no ETag.
@@ -601,7 +621,13 @@ impl Backend for S3Backend {
 
     async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
         let full = self.full_key(key)?;
-        self.put_crc32c(key, &full, body).await
+        match self.put_check {
+            PutCheck::Crc32c => self.put_crc32c(key, &full, body).await,
+            PutCheck::ContentMd5 => {
+                let md5 = Md5::digest(&body).into();
+                self.put_object(key, &full, body, md5, Attributes::default()).await
+            }
+        }
     }
 
     async fn put_stream(

@@ -176,6 +176,7 @@ admin_token = "{token}"
             connections: ConnectionMode::default(),
             connect_timeout: None,
             operation_timeout: None,
+            ..S3Config::default()
         }
     }
 
