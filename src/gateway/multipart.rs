@@ -100,6 +100,25 @@ impl Running {
     }
 }
 
+/// The checksums of a request's or part's five `checksum_*` fields (s3s gives every input type
+/// its own fields, no shared struct).
+fn checksums_of(
+    crc32: Option<String>,
+    crc32c: Option<String>,
+    crc64nvme: Option<String>,
+    sha1: Option<String>,
+    sha256: Option<String>,
+) -> Checksum {
+    Checksum {
+        checksum_crc32: crc32,
+        checksum_crc32c: crc32c,
+        checksum_crc64nvme: crc64nvme,
+        checksum_sha1: sha1,
+        checksum_sha256: sha256,
+        ..Default::default()
+    }
+}
+
 /// The S3 error for a failed staging operation about `key`.
 fn upload_error(key: &str, e: UploadError) -> S3Error {
     match e {
@@ -247,14 +266,13 @@ impl Gateway {
         let (bucket, key, id) = (input.bucket.clone(), input.key.clone(), input.upload_id.clone());
         self.existing(&bucket).await?;
         // The whole object's checksum, if the client sends one to be checked.
-        let claimed = Checksum {
-            checksum_crc32: input.checksum_crc32,
-            checksum_crc32c: input.checksum_crc32c,
-            checksum_crc64nvme: input.checksum_crc64nvme,
-            checksum_sha1: input.checksum_sha1,
-            checksum_sha256: input.checksum_sha256,
-            ..Default::default()
-        };
+        let claimed = checksums_of(
+            input.checksum_crc32,
+            input.checksum_crc32c,
+            input.checksum_crc64nvme,
+            input.checksum_sha1,
+            input.checksum_sha256,
+        );
         let running = self.inner.completes.lock().get(&(bucket.clone(), id.clone())).cloned();
         let outcome = match running {
             Some(running) => running,
@@ -322,14 +340,13 @@ impl Gateway {
                 part.part_number.ok_or_else(|| s3_error!(MalformedXML, "a Part without PartNumber"))?;
             let number = uploads::part_number(i64::from(number)).map_err(|e| upload_error(key, e))?;
             let etag = part.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default();
-            let named = Checksum {
-                checksum_crc32: part.checksum_crc32,
-                checksum_crc32c: part.checksum_crc32c,
-                checksum_crc64nvme: part.checksum_crc64nvme,
-                checksum_sha1: part.checksum_sha1,
-                checksum_sha256: part.checksum_sha256,
-                ..Default::default()
-            };
+            let named = checksums_of(
+                part.checksum_crc32,
+                part.checksum_crc32c,
+                part.checksum_crc64nvme,
+                part.checksum_sha1,
+                part.checksum_sha256,
+            );
             requested.push((number, etag));
             checksums.push(checksum::part_entries(&named));
         }
@@ -344,20 +361,19 @@ impl Gateway {
             }
         }
         let etag = uploads::multipart_etag(&parts);
-        // The object's checksum, if the upload has one and every part kept its own.
-        let of_parts = record.attributes.metadata.get(uploads::CHECKSUM_METADATA).and_then(|c| {
-            let checksum = MultipartChecksum::decode(c)?;
+        // The upload's checksum, and the object's made of its parts' own (if each kept one).
+        let upload_checksum = record
+            .attributes
+            .metadata
+            .get(uploads::CHECKSUM_METADATA)
+            .and_then(|c| MultipartChecksum::decode(c));
+        let of_parts = upload_checksum.and_then(|checksum| {
             let sums: Vec<_> = parts
                 .iter()
                 .map(|p| (p.checksums.get(checksum.algorithm).map(String::as_str), p.size))
                 .collect();
             checksum::from_part_checksums(checksum, &sums)
         });
-        let upload_checksum = record
-            .attributes
-            .metadata
-            .get(uploads::CHECKSUM_METADATA)
-            .and_then(|c| MultipartChecksum::decode(c));
         let claimed = checksum::claimed_for(upload_checksum, &claimed)?;
         if let (Some(claimed), Some(entries)) = (&claimed, &of_parts)
             && !checksum::matches(claimed, entries)
@@ -381,12 +397,11 @@ impl Gateway {
                     }
                     None => {
                         let mut attributes = uploads::with_etag(record.attributes.clone(), &etag);
-                        let checksum = attributes.metadata.remove(uploads::CHECKSUM_METADATA);
+                        attributes.metadata.remove(uploads::CHECKSUM_METADATA);
                         let mut body = staging.body(&id, &parts);
                         if let Some(entries) = &of_parts {
                             attributes.metadata.extend(entries.iter().cloned());
-                        } else if let Some(checksum) = checksum.as_deref().and_then(MultipartChecksum::decode)
-                        {
+                        } else if let Some(checksum) = upload_checksum {
                             // A part kept no checksum: the object's is computed from the bytes
                             // (and checked against the one claimed before the object is whole).
                             let sizes = parts.iter().map(|p| p.size).collect();
