@@ -22,8 +22,8 @@
 //! as ingest chunks it, each chunk compressed at several zstd levels: stored bytes and MiB/s.
 
 mod common;
-use common::content;
 use common::serving::{cpu_of, garage_pid};
+use common::{content, walk};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -364,19 +364,5 @@ fn zstd_levels(dirs: &[String]) {
             100.0 * stored as f64 / total as f64,
             mib_per_s(total, elapsed)
         );
-    }
-}
-
-/// Collects the regular files under `dir`, not following symlinks.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => walk(&entry.path(), out),
-            Ok(t) if t.is_file() => out.push(entry.path()),
-            _ => {}
-        }
     }
 }

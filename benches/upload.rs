@@ -1,20 +1,26 @@
 //! The upload benchmark: `cargo bench --bench upload`.
 //!
-//! `nargate serve` runs as a separate process over a Garage bucket; NARs of 256 MiB (eight large
-//! files of generated, somewhat compressible content, each NAR different so that nothing dedups)
-//! are uploaded to `nar/<narhash>.nar` through the gateway with aws-sdk-s3, and the same bytes are
-//! PUT straight to another Garage bucket, the baseline, in the same run and alternating:
+//! `nargate serve` runs as a separate process over a Garage bucket; NARs of 256 MiB, each
+//! different so that nothing dedups, are uploaded to `nar/<narhash>.nar` through the gateway with
+//! aws-sdk-s3, and the same bytes are PUT straight to another Garage bucket, the baseline, in the
+//! same run and alternating:
 //! - one PutObject at a time: throughput, gateway ÷ direct (target ≥ 0.8);
-//! - 8 MiB multipart uploads (parts sent 4 at a time, as SDK transfer managers do), the same way;
-//! - 8 concurrent 256 MiB PutObjects: total throughput and the gateway's peak RSS.
+//! - 8 MiB multipart uploads (parts sent 4 at a time, as SDK transfer managers do), against
+//!   direct multipart uploads and against the direct PutObjects;
+//! - 8 concurrent 256 MiB PutObjects: total throughput and the gateway's peak RSS;
+//! - then PutObjects of the worst case, generated content that barely compresses.
 //!
-//! For profiling, `NARGATE_BENCH_ONLY=gateway` (or `direct`) only PUTs every NAR, one at a time,
-//! through the gateway (or straight to Garage), and prints each throughput.
+//! The NARs hold real files (ELF libraries and executables from `/usr`, which is what store paths
+//! mostly hold) with a few bytes changed per NAR; `NARGATE_BENCH_CONTENT=synthetic` makes every
+//! NAR of generated content instead. For profiling, `NARGATE_BENCH_ONLY=gateway` (or `direct`)
+//! only PUTs every NAR, one at a time, through the gateway (or straight to Garage), and prints
+//! each throughput.
 
 mod common;
-use common::content;
 use common::serving::{client, cpu_of, garage_pid, loadavg, median, mib_per_s, start_gateway};
+use common::{REAL_FILE_DIRS, real_files};
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/garage.rs"]
@@ -43,16 +49,57 @@ const PARTS_AT_ONCE: usize = 4;
 /// The bucket (cache) the gateway serves.
 const CACHE: &str = "cache";
 
-/// A 256 MiB NAR of eight 32 MiB files, different for each `seed`.
-fn nar(seed: u64) -> Bytes {
-    let files = (0..8u64)
-        .map(|i| {
-            let node =
-                NarNode::File { executable: false, contents: content((NAR_MIB / 8) << 20, seed * 100 + i) };
-            (format!("lib{i:02}.so").into_bytes(), node)
-        })
-        .collect();
-    Bytes::from(write_nar(&NarNode::Directory(vec![(b"lib".to_vec(), NarNode::Directory(files))])).unwrap())
+/// What the NARs are made of.
+#[derive(Clone, Copy, PartialEq)]
+enum Content {
+    /// Real files ([`REAL_FILE_DIRS`]: ELF libraries and executables), which zstd level 1 stores
+    /// in about 40% of their size, with 8 bytes that differ from NAR to NAR every 16 KiB, so that
+    /// nothing dedups while the content compresses as the files do.
+    Files,
+    /// Generated content (mostly random words) that zstd shrinks by only about a tenth: the worst
+    /// case for the gateway, which compresses every chunk.
+    Synthetic,
+}
+
+impl Content {
+    fn name(self) -> &'static str {
+        match self {
+            Content::Files => "real files",
+            Content::Synthetic => "synthetic content",
+        }
+    }
+}
+
+/// A NAR of about 256 MiB of `content`, different for each `seed`.
+fn nar(content: Content, files: &[(PathBuf, Vec<u8>)], seed: u64) -> Bytes {
+    let entries = match content {
+        Content::Synthetic => (0..8u64)
+            .map(|i| {
+                let contents = common::content((NAR_MIB / 8) << 20, seed * 100 + i);
+                (format!("lib{i:02}.so").into_bytes(), NarNode::File { executable: false, contents })
+            })
+            .collect(),
+        Content::Files => {
+            let mut x = (seed + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            files
+                .iter()
+                .enumerate()
+                .map(|(i, (path, data))| {
+                    let mut contents = data.clone();
+                    for at in (0..contents.len()).step_by(16 << 10) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let end = (at + 8).min(contents.len());
+                        contents[at..end].copy_from_slice(&x.to_le_bytes()[..end - at]);
+                    }
+                    let base = path.file_name().map_or("file".into(), |n| n.to_string_lossy().into_owned());
+                    (format!("{i:05}-{base}").into_bytes(), NarNode::File { executable: true, contents })
+                })
+                .collect()
+        }
+    };
+    Bytes::from(write_nar(&NarNode::Directory(vec![(b"lib".to_vec(), NarNode::Directory(entries))])).unwrap())
 }
 
 /// The gateway key of a NAR: `nar/<narhash>.nar`.
@@ -120,12 +167,6 @@ async fn multipart(client: &Client, bucket: &str, key: &str, body: Bytes) -> Dur
     start.elapsed()
 }
 
-/// Prints one throughput line: gateway and direct medians, and their ratio.
-fn line(what: &str, bytes: u64, gateway: Vec<Duration>, direct: Vec<Duration>, target: &str) {
-    let (g, d) = (mib_per_s(bytes, median(gateway)), mib_per_s(bytes, median(direct)));
-    println!("{what}: gateway {g:.0} MiB/s, direct {d:.0} MiB/s, ratio {:.2}{target}", g / d);
-}
-
 /// The processes whose CPU time is counted: the gateway, Garage, and this one (the client).
 struct Processes {
     gateway: u32,
@@ -184,9 +225,27 @@ async fn main() {
     println!("runs, alternating; ratios gateway÷direct. {cores} cores, load average {} at start.", loadavg());
 
     let seeds = 2 * RUNS + CONCURRENT;
-    let nars: Vec<Bytes> =
-        tokio::task::spawn_blocking(move || (0..seeds as u64).map(nar).collect()).await.unwrap();
+    let content = match std::env::var("NARGATE_BENCH_CONTENT").as_deref() {
+        Ok("synthetic") => Content::Synthetic,
+        _ => Content::Files,
+    };
+    let (nars, files) = tokio::task::spawn_blocking(move || {
+        let files = if content == Content::Files { real_files(NAR_MIB << 20) } else { vec![] };
+        let nars: Vec<Bytes> = (0..seeds as u64).map(|seed| nar(content, &files, seed)).collect();
+        (nars, files.len())
+    })
+    .await
+    .unwrap();
     let size = nars[0].len() as u64;
+    match content {
+        Content::Files => println!(
+            "NARs of {}: {files} files from {}, {:.0} MiB",
+            content.name(),
+            REAL_FILE_DIRS.join(" and "),
+            size as f64 / f64::from(1 << 20)
+        ),
+        Content::Synthetic => println!("NARs of {}: 8 files of {} MiB", content.name(), NAR_MIB / 8),
+    }
     let garage = tokio::task::spawn_blocking(garage::garage).await.unwrap();
     let (backend_bucket, direct_bucket) = (garage.create_bucket().await, garage.create_bucket().await);
     let (gateway, client_id, client_secret) =
@@ -219,27 +278,13 @@ async fn main() {
     }
 
     let processes = Processes { gateway: gateway.child.id(), garage: garage_pid() };
+    let sides = Sides { gateway: &gw, direct: &direct, direct_bucket: &direct_bucket, processes: &processes };
     let mut next = nars.iter();
-    let (mut g, mut d) = (vec![], vec![]);
-    let (mut g_cpu, mut d_cpu) = (Cpu::default(), Cpu::default());
-    for _ in 0..RUNS {
-        let nar = next.next().unwrap();
-        g.push(processes.counted(&mut g_cpu, put(&gw, CACHE, &key_of(nar), nar.clone())).await);
-        d.push(processes.counted(&mut d_cpu, put(&direct, &direct_bucket, &key_of(nar), nar.clone())).await);
-    }
-    line("PutObject, one at a time", size, g, d, " (target ≥ 0.8)");
-    cpu_line(size * RUNS as u64, g_cpu, d_cpu);
 
-    let (mut g, mut d) = (vec![], vec![]);
-    let (mut g_cpu, mut d_cpu) = (Cpu::default(), Cpu::default());
-    for _ in 0..RUNS {
-        let nar = next.next().unwrap();
-        g.push(processes.counted(&mut g_cpu, multipart(&gw, CACHE, &key_of(nar), nar.clone())).await);
-        let key = format!("mp-{}", key_of(nar));
-        d.push(processes.counted(&mut d_cpu, multipart(&direct, &direct_bucket, &key, nar.clone())).await);
-    }
-    line("8 MiB multipart, one upload at a time", size, g, d, " (target ≥ 0.8)");
-    cpu_line(size * RUNS as u64, g_cpu, d_cpu);
+    let put_runs = sides.alternate(Way::Put, next.by_ref().take(RUNS)).await;
+    put_runs.print("PutObject, one at a time", size, None);
+    let multipart_runs = sides.alternate(Way::Multipart, next.by_ref().take(RUNS)).await;
+    multipart_runs.print("8 MiB multipart, one upload at a time", size, Some(&put_runs));
 
     let batch: Vec<Bytes> = next.cloned().collect();
     let mut times = vec![];
@@ -259,9 +304,85 @@ async fn main() {
         times.push(start.elapsed());
     }
     let total = size * batch.len() as u64;
-    line(&format!("{CONCURRENT} concurrent PutObjects, total"), total, vec![times[0]], vec![times[1]], "");
+    let (g, d) = (mib_per_s(total, times[0]), mib_per_s(total, times[1]));
+    println!(
+        "{CONCURRENT} concurrent PutObjects, total: gateway {g:.0} MiB/s, direct {d:.0} MiB/s, ratio {:.2}",
+        g / d
+    );
     let (peak, now) = gateway.memory();
     println!(
         "gateway peak RSS {peak:.0} MiB (now {now:.0} MiB) after {CONCURRENT} concurrent {NAR_MIB} MiB uploads"
     );
+
+    if content != Content::Synthetic {
+        println!();
+        println!("the worst case, {}:", Content::Synthetic.name());
+        let worst: Vec<Bytes> =
+            (0..RUNS as u64).map(|seed| nar(Content::Synthetic, &[], 1000 + seed)).collect();
+        let worst_runs = sides.alternate(Way::Put, worst.iter()).await;
+        worst_runs.print("PutObject, one at a time", worst[0].len() as u64, None);
+    }
+}
+
+/// How a NAR is uploaded.
+#[derive(Clone, Copy)]
+enum Way {
+    Put,
+    Multipart,
+}
+
+/// The two ways to Garage: through the gateway, and straight.
+struct Sides<'a> {
+    gateway: &'a Client,
+    direct: &'a Client,
+    direct_bucket: &'a str,
+    processes: &'a Processes,
+}
+
+/// The times and CPU of NARs uploaded both ways.
+struct Runs {
+    gateway: Vec<Duration>,
+    direct: Vec<Duration>,
+    gateway_cpu: Cpu,
+    direct_cpu: Cpu,
+}
+
+impl Sides<'_> {
+    /// Uploads each of `nars` `way` through the gateway, then straight to Garage, alternating.
+    async fn alternate<'n>(&self, way: Way, nars: impl Iterator<Item = &'n Bytes>) -> Runs {
+        let mut runs =
+            Runs { gateway: vec![], direct: vec![], gateway_cpu: Cpu::default(), direct_cpu: Cpu::default() };
+        for nar in nars {
+            let key = key_of(nar);
+            let through = upload(way, self.gateway, CACHE, &key, nar.clone());
+            runs.gateway.push(self.processes.counted(&mut runs.gateway_cpu, through).await);
+            let straight = upload(way, self.direct, self.direct_bucket, &key, nar.clone());
+            runs.direct.push(self.processes.counted(&mut runs.direct_cpu, straight).await);
+        }
+        runs
+    }
+}
+
+/// Uploads `nar` to `key` the `way` given: its time.
+async fn upload(way: Way, client: &Client, bucket: &str, key: &str, nar: Bytes) -> Duration {
+    match way {
+        Way::Put => put(client, bucket, key, nar).await,
+        Way::Multipart => multipart(client, bucket, key, nar).await,
+    }
+}
+
+impl Runs {
+    /// Prints the throughputs, their ratio (also against `baseline`'s direct uploads, the issue's
+    /// baseline for multipart) and the CPU per MiB.
+    fn print(&self, what: &str, bytes: u64, baseline: Option<&Runs>) {
+        let (g, d) =
+            (mib_per_s(bytes, median(self.gateway.clone())), mib_per_s(bytes, median(self.direct.clone())));
+        print!("{what}: gateway {g:.0} MiB/s, direct {d:.0} MiB/s, ratio {:.2}", g / d);
+        if let Some(baseline) = baseline {
+            let put = mib_per_s(bytes, median(baseline.direct.clone()));
+            print!("; against a direct PutObject ({put:.0} MiB/s) {:.2}", g / put);
+        }
+        println!(" (target ≥ 0.8)");
+        cpu_line(bytes * self.gateway.len() as u64, self.gateway_cpu, self.direct_cpu);
+    }
 }

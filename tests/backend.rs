@@ -897,10 +897,12 @@ mod s3_only {
         out.uploads().iter().map(|u| u.key().unwrap_or_default().to_owned()).collect()
     }
 
-    /// A PUT in one piece (chunks, records) carries a CRC32C that the server keeps and checks, or,
-    /// with `put_check = "content-md5"`, a Content-MD5 instead; both read back.
+    /// A PUT in one piece (chunks, records) and a streamed one whose MD5 is unneeded (staged
+    /// parts) carry a CRC32C that the server keeps and checks, or, with `put_check =
+    /// "content-md5"`, a Content-MD5 instead; a streamed put of a plain object its Content-MD5.
+    /// All read back.
     #[tokio::test]
-    async fn one_piece_puts_are_checked_by_crc32c_or_content_md5() {
+    async fn puts_are_checked_by_crc32c_or_content_md5() {
         use base64::Engine as _;
         use nargate::backend::s3::PutCheck;
         let garage = tokio::task::spawn_blocking(garage).await.expect("garage");
@@ -912,17 +914,25 @@ mod s3_only {
             let backend = S3Backend::new(config.clone()).await.expect("backend");
             let meta = backend.put("chunks/x", body.clone()).await.unwrap();
             assert_eq!(meta.etag, nargate::cache::md5_hex(&body), "{check:?}");
-            assert!(nargate::backend::get_bytes(&backend, "chunks/x").await.unwrap() == body, "{check:?}");
-            // Garage keeps a checksum it was sent, and shows it to a GET in checksum mode.
-            let got = raw_client(&config)
-                .get_object()
-                .bucket(&name)
-                .key("chunks/x")
-                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(got.checksum_crc32_c(), kept, "{check:?}: the checksum the server got");
+            // A streamed put whose MD5 nobody needs (a staged part) is checked the same way;
+            // one that needs it (a plain object, whose ETag it is) sends it as Content-MD5.
+            let unneeded = PutOptions { md5_unneeded: true, ..Default::default() };
+            backend.put_stream("parts/x", stream_of(&body, 7_000), unneeded).await.unwrap();
+            backend.put_stream("plain/x", stream_of(&body, 7_000), PutOptions::default()).await.unwrap();
+            for (key, kept) in [("chunks/x", kept), ("parts/x", kept), ("plain/x", None)] {
+                let read = nargate::backend::get_bytes(&backend, key).await.unwrap();
+                assert!(read == body, "{check:?} {key}");
+                // Garage keeps a checksum it was sent, and shows it to a GET in checksum mode.
+                let got = raw_client(&config)
+                    .get_object()
+                    .bucket(&name)
+                    .key(key)
+                    .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(got.checksum_crc32_c(), kept, "{check:?} {key}: the checksum the server got");
+            }
         }
     }
 

@@ -20,7 +20,8 @@ use base64::Engine;
 use common::gateway::{TestGateway, start_with, test_options};
 use common::{failure, pseudo_random};
 use futures::StreamExt;
-use nargate::backend::{self, DynBackend};
+use nargate::backend::counting::CountingBackend;
+use nargate::backend::{self, DynBackend, Op};
 use nargate::cache::md5;
 use nargate::cache::uploads::{MIN_PART_SIZE, UploadOptions};
 use nargate::gateway::GatewayOptions;
@@ -499,6 +500,64 @@ async fn nar_parts_are_ingested_as_they_arrive(backend: DynBackend) {
     complete(&client, "nix", &other_key, &id, &completed).await.expect("ingested from the parts named");
     let (got, _) = get(&client, "nix", &other_key).await;
     assert!(got == other, "the object is the parts Complete names");
+}
+
+/// Parts of a NAR sent in turn are teed: their bytes go to staging and to the ingest at once,
+/// and no staged part is read back. A teed part that fails (its Content-MD5 is wrong) is
+/// BadDigest, and the upload, that part sent again, completes with the NAR its parts make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_sent_in_turn_are_not_read_back() {
+    let counting = Arc::new(CountingBackend::new(common::garage_backend().await));
+    let gw = gateway(counting.clone(), MIN_PART_SIZE).await;
+    bucket(&gw, "nix").await;
+    let client = gw.client();
+    let staged_reads = || {
+        let requests = counting.requests();
+        requests.iter().filter(|(op, key)| *op == Op::Get && key.contains("/data/")).count()
+    };
+    let parts_of = |nar: &[u8]| -> Vec<(i32, Vec<u8>)> {
+        nar.chunks(MIN_PART_SIZE as usize).enumerate().map(|(i, c)| (i as i32 + 1, c.to_vec())).collect()
+    };
+
+    let nar = big_nar();
+    let key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&sha256(&nar)));
+    let id = create(&client, "nix", &key).await;
+    let parts = parts_of(&nar);
+    assert!(parts.len() >= 4);
+    let completed = upload_parts(&client, "nix", &key, &id, parts, 1).await;
+    complete(&client, "nix", &key, &id, &completed).await.unwrap();
+    assert!(get(&client, "nix", &key).await.0 == nar, "the NAR renders back as uploaded");
+    assert_eq!(staged_reads(), 0, "no staged part was read back");
+
+    let mut other = nar.clone();
+    other[1 << 20] ^= 0x5a;
+    let other_key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&sha256(&other)));
+    let id = create(&client, "nix", &other_key).await;
+    let mut parts = parts_of(&other);
+    upload_part(&client, "nix", &other_key, &id, 1, parts[0].1.clone()).await;
+    let wrong = base64::engine::general_purpose::STANDARD.encode(md5(b"other bytes"));
+    let refused = client
+        .upload_part()
+        .bucket("nix")
+        .key(&other_key)
+        .upload_id(&id)
+        .part_number(2)
+        .content_md5(wrong)
+        .body(ByteStream::from(parts[1].1.clone()))
+        .send()
+        .await;
+    assert_eq!(failure(refused), (400, "BadDigest".to_owned()));
+    parts.remove(0);
+    let mut completed = upload_parts(&client, "nix", &other_key, &id, parts, 1).await;
+    completed.insert(
+        0,
+        CompletedPart::builder()
+            .part_number(1)
+            .e_tag(format!("\"{}\"", hex::encode(md5(&other[..MIN_PART_SIZE as usize]))))
+            .build(),
+    );
+    complete(&client, "nix", &other_key, &id, &completed).await.expect("ingested from staging");
+    assert!(get(&client, "nix", &other_key).await.0 == other, "the object is the parts Complete names");
 }
 
 /// The top part numbers complete (an upload may skip numbers), and the rules hold at the edge.

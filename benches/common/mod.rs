@@ -4,6 +4,8 @@
 
 pub mod serving;
 
+use std::path::{Path, PathBuf};
+
 /// `n` bytes that compress somewhat, like binaries and text do, different for each `seed`.
 pub fn content(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -22,4 +24,42 @@ pub fn content(n: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(n);
     out
+}
+
+/// Collects the regular files under `dir`, not following symlinks.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk(&entry.path(), out),
+            Ok(t) if t.is_file() => out.push(entry.path()),
+            _ => {}
+        }
+    }
+}
+
+/// The directories of real files a benchmark may take content from: ELF libraries and
+/// executables, what Nix store paths mostly hold (on Debian, about 960 MiB).
+pub const REAL_FILE_DIRS: [&str; 2] = ["/usr/lib/x86_64-linux-gnu", "/usr/bin"];
+
+/// The contents of regular files under [`REAL_FILE_DIRS`], in path order, until they hold at
+/// least `limit` bytes (fewer if the directories hold less), each with its path.
+pub fn real_files(limit: usize) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut paths = vec![];
+    for dir in REAL_FILE_DIRS {
+        walk(Path::new(dir), &mut paths);
+    }
+    let mut files = vec![];
+    let mut total = 0;
+    for path in paths {
+        if total >= limit {
+            break;
+        }
+        let Ok(data) = std::fs::read(&path) else { continue };
+        total += data.len();
+        files.push((path, data));
+    }
+    files
 }

@@ -123,6 +123,11 @@ pub struct PutOptions {
     pub attributes: Attributes,
     /// The MD5 the client sent (Content-MD5): a mismatch fails the put and nothing becomes visible.
     pub content_md5: Option<[u8; 16]>,
+    /// The caller needs no ETag that is the body's MD5 (a staged part, whose MD5 the caller
+    /// computes itself): a backend may then check the transfer by a cheaper checksum than a
+    /// Content-MD5 and save an MD5 pass. With [`content_md5`](Self::content_md5) set, the MD5
+    /// is computed all the same, to check it.
+    pub md5_unneeded: bool,
     /// Metadata stored with the object too, known once the body has ended: a backend reads it
     /// (through [`final_attributes`](Self::final_attributes)) only after the body's last byte.
     pub late_metadata: LateMetadata,

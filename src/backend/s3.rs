@@ -359,22 +359,31 @@ impl S3Backend {
         self.written(key, size, out.e_tag(), &md5, &date).await
     }
 
-    /// Writes `body` with one PutObject checked by a CRC32C (`x-amz-checksum-crc32c`) instead of
-    /// a Content-MD5: what chunks and records are written with. The server still refuses a body
-    /// damaged on the way, and the MD5 pass over every byte — the most expensive pass of an
-    /// ingest after zstd — is saved (CRC32C runs at many GB/s).
-    async fn put_crc32c(&self, key: &str, full: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
+    /// Writes `body` with one PutObject checked by the configured [`PutCheck`]: what chunks,
+    /// records and staged parts are written with. A CRC32C (`x-amz-checksum-crc32c`) instead of
+    /// a Content-MD5 still makes the server refuse a body damaged on the way, and saves the MD5
+    /// pass over every byte — the most expensive pass of an ingest after zstd (CRC32C runs at
+    /// many GB/s).
+    async fn put_checked(
+        &self,
+        key: &str,
+        full: &str,
+        body: Bytes,
+        attributes: Attributes,
+    ) -> Result<ObjectMeta, BackendError> {
+        if self.put_check == PutCheck::ContentMd5 {
+            let md5 = Md5::digest(&body).into();
+            return self.put_object(key, full, body, md5, attributes).await;
+        }
         let size = body.len() as u64;
-        // Computed here: with `WhenRequired`, the SDK would announce the algorithm and send no value.
-        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &body) as u32;
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(full)
-            .checksum_crc32_c(base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()))
+            .checksum_crc32_c(crc32c_of(&body))
             .body(ByteStream::from(body.clone()));
-        let (out, date) = send_dated!(request, key, unsigned_payload);
+        let (out, date) = send_dated!(with_attributes!(request, attributes), key, unsigned_payload);
         // The MD5 is computed only for a server that sends no ETag.
         let md5 = if out.e_tag().is_some() { [0; 16] } else { Md5::digest(&body).into() };
         self.written(key, size, out.e_tag(), &md5, &date).await
@@ -492,14 +501,20 @@ impl S3Backend {
             if number > MAX_PARTS {
                 return Err(remote(Op::Put, key, "the body is longer than 10,000 parts"));
             }
-            let out = self
+            let request = self
                 .client
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(&upload.full)
                 .upload_id(&upload.upload_id)
-                .part_number(number)
-                .content_md5(base64::engine::general_purpose::STANDARD.encode(Md5::digest(&part)))
+                .part_number(number);
+            let request = match (options.md5_unneeded, self.put_check) {
+                (true, PutCheck::Crc32c) => request.checksum_crc32_c(crc32c_of(&part)),
+                _ => {
+                    request.content_md5(base64::engine::general_purpose::STANDARD.encode(Md5::digest(&part)))
+                }
+            };
+            let out = request
                 .body(ByteStream::from(part))
                 .customize()
                 .disable_payload_signing()
@@ -515,7 +530,9 @@ impl S3Backend {
             part = parts.next_part().await?;
         }
         let (md5, size) = parts.digest();
-        options.check_md5(key, &md5)?;
+        if let Some(md5) = &md5 {
+            options.check_md5(key, md5)?;
+        }
         let request = self
             .client
             .complete_multipart_upload()
@@ -524,7 +541,7 @@ impl S3Backend {
             .upload_id(&upload.upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
         let (out, date) = send_dated!(request, key);
-        self.written(key, size, out.e_tag(), &md5, &date).await
+        self.written(key, size, out.e_tag(), &md5.unwrap_or_default(), &date).await
     }
 
     /// The metadata of an object just written: the server's ETag (else the MD5) and its `Date`
@@ -621,13 +638,7 @@ impl Backend for S3Backend {
 
     async fn put(&self, key: &str, body: Bytes) -> Result<ObjectMeta, BackendError> {
         let full = self.full_key(key)?;
-        match self.put_check {
-            PutCheck::Crc32c => self.put_crc32c(key, &full, body).await,
-            PutCheck::ContentMd5 => {
-                let md5 = Md5::digest(&body).into();
-                self.put_object(key, &full, body, md5, Attributes::default()).await
-            }
-        }
+        self.put_checked(key, &full, body, Attributes::default()).await
     }
 
     async fn put_stream(
@@ -637,14 +648,18 @@ impl Backend for S3Backend {
         options: PutOptions,
     ) -> Result<ObjectMeta, BackendError> {
         let full = self.full_key(key)?;
-        let mut parts = Parts::new(body);
+        let mut parts = Parts::new(body, !options.md5_unneeded || options.content_md5.is_some());
         let first = parts.next_part().await?;
         if parts.has_more().await? {
             return self.put_multipart(key, &full, first, parts, options).await;
         }
-        let (md5, _) = parts.digest();
-        options.check_md5(key, &md5)?;
-        self.put_object(key, &full, first, md5, options.final_attributes()).await
+        match parts.digest().0 {
+            Some(md5) => {
+                options.check_md5(key, &md5)?;
+                self.put_object(key, &full, first, md5, options.final_attributes()).await
+            }
+            None => self.put_checked(key, &full, first, options.final_attributes()).await,
+        }
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
@@ -751,15 +766,16 @@ struct Parts {
     pending: Bytes,
     /// Whether the body has ended.
     ended: bool,
-    /// The MD5 of the parts returned so far.
-    md5: Md5,
+    /// The MD5 of the parts returned so far, if it is computed.
+    md5: Option<Md5>,
     /// Their size.
     size: u64,
 }
 
 impl Parts {
-    fn new(body: super::ByteStream) -> Self {
-        Parts { body, pending: Bytes::new(), ended: false, md5: Md5::new(), size: 0 }
+    /// The parts of `body`, with their MD5 if `md5`.
+    fn new(body: super::ByteStream, md5: bool) -> Self {
+        Parts { body, pending: Bytes::new(), ended: false, md5: md5.then(Md5::new), size: 0 }
     }
 
     /// The next part: [`PART_SIZE`] bytes, or what is left at the end of the body.
@@ -770,7 +786,9 @@ impl Parts {
             part.extend_from_slice(&self.pending.split_to(take));
         }
         let part = part.freeze();
-        self.md5.update(&part);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(&part);
+        }
         self.size += part.len() as u64;
         Ok(part)
     }
@@ -786,9 +804,9 @@ impl Parts {
         Ok(!self.pending.is_empty())
     }
 
-    /// The MD5 and size of the parts returned so far.
-    fn digest(&mut self) -> ([u8; 16], u64) {
-        (std::mem::take(&mut self.md5).finalize().into(), self.size)
+    /// The MD5 (if computed) and size of the parts returned so far.
+    fn digest(&mut self) -> (Option<[u8; 16]>, u64) {
+        (self.md5.take().map(|md5| md5.finalize().into()), self.size)
     }
 }
 
@@ -955,6 +973,13 @@ impl Intercept for DateCapture {
         }
         Ok(())
     }
+}
+
+/// The base64 `x-amz-checksum-crc32c` of `body`. (Computed here: with `WhenRequired`, the SDK
+/// given only the algorithm would announce it and send no value.)
+fn crc32c_of(body: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
 #[cfg(test)]

@@ -321,9 +321,28 @@ impl Uploads {
         content_md5: Option<[u8; 16]>,
         checksums: impl FnOnce() -> BTreeMap<String, String>,
     ) -> Result<StagedPart, UploadError> {
+        self.check_open(id, key).await?;
+        self.stage_part(id, number, body, content_md5, checksums).await
+    }
+
+    /// Checks that upload `id` is open and of `key` ([`UploadError::NoSuchUpload`]): what
+    /// [`put_part`](Self::put_part) does before it reads the body.
+    pub async fn check_open(&self, id: &str, key: &str) -> Result<(), UploadError> {
         if self.record(id).await?.key != key {
             return Err(UploadError::NoSuchUpload { id: id.to_owned() });
         }
+        Ok(())
+    }
+
+    /// [`put_part`](Self::put_part) of an upload [`check_open`](Self::check_open) found open.
+    pub async fn stage_part(
+        &self,
+        id: &str,
+        number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+        checksums: impl FnOnce() -> BTreeMap<String, String>,
+    ) -> Result<StagedPart, UploadError> {
         let token = hex::encode(rand::random::<[u8; 8]>());
         let digest = Arc::new(Mutex::new((<md5::Md5 as md5::Digest>::new(), 0u64)));
         let hashing = digest.clone();
@@ -336,7 +355,9 @@ impl Uploads {
             })
             .boxed();
         let data_key = self.data_key(id, number, &token);
-        let options = PutOptions { content_md5, ..Default::default() };
+        // The part's MD5 is computed above, once; the backend need not compute it again. A part
+        // is visible only through its marker, so bytes that fail the Content-MD5 check may land.
+        let options = PutOptions { md5_unneeded: true, ..Default::default() };
         self.backend.put_stream(&data_key, body, options).await?;
         let (md5, size) = {
             let state = digest.lock().map_err(|_| BackendError::Body {
@@ -346,6 +367,11 @@ impl Uploads {
             let md5: [u8; 16] = md5::Digest::finalize(state.0.clone()).into();
             (md5, state.1)
         };
+        if content_md5.is_some_and(|expected| expected != md5) {
+            // Unmarked, it is no part; removing it now saves its bytes until the upload ends.
+            let _ = self.backend.delete(&data_key).await;
+            return Err(BackendError::DigestMismatch { key: data_key }.into());
+        }
         let checksums: BTreeMap<String, String> =
             checksums().into_iter().filter(|(alg, value)| marker_checksum(alg, value).is_some()).collect();
         let mut marker = format!("{}{number:05}.{}.{size}.{token}", self.marker_prefix(id), hex::encode(md5));

@@ -237,13 +237,23 @@ impl Gateway {
             let received = receipt.outcome().and_then(Result::ok).map(|r| r.checksum).unwrap_or_default();
             checksum::part_entries(&received)
         };
-        let staged =
-            self.uploads(&input.bucket).put_part(&input.upload_id, key, number, body, None, checksums).await;
+        let staging = self.uploads(&input.bucket);
+        staging.check_open(&input.upload_id, key).await.map_err(|e| upload_error(key, e))?;
+        // A NAR upload's feed may want the part's bytes as they arrive (see `progressive`).
+        let tee = self.offer_part(&input.bucket, key, &input.upload_id, number).await;
+        let body = match &tee {
+            Some(tee) => tee.body(body),
+            None => body,
+        };
+        let staged = staging.stage_part(&input.upload_id, number, body, None, checksums).await;
         if let Some(failure) = receipt.failure() {
             return Err(failure.to_s3());
         }
         let part = staged.map_err(|e| upload_error(key, e))?;
-        self.part_staged(&input.bucket, key, &input.upload_id, part.clone());
+        match tee {
+            Some(tee) => tee.staged(part.clone()),
+            None => self.part_staged(&input.bucket, key, &input.upload_id, part.clone()),
+        }
         let checksum = receipt.outcome().and_then(Result::ok).map(|r| r.checksum).unwrap_or_default();
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(part.etag())),

@@ -14,6 +14,17 @@
 //! A feed's body never ends but by Complete: a feed that is stopped, or dropped, fails its
 //! ingest, so a prefix of parts that happens to be a whole NAR never lands. A feed that hears
 //! nothing (no part, no Complete) for [`FEED_IDLE`] stops; so does one whose upload is aborted.
+//!
+//! **Tees.** A part that reaches this gateway when its feed wants it next is *teed*: its bytes go
+//! to staging and to the feed at once, so it is not read back from staging. Before its body is
+//! read, UploadPart offers the part to the feed ([`Gateway::offer_part`]); the feed answers
+//! offers in the order they came, once it is done with the part before, so parts sent in order
+//! (the aws cli sends ten at a time) wait, unread, for their turn, each at most [`TEE_WAIT`].
+//! A part that is not the next one when its offer is answered (it overtook another, the one
+//! before went to another gateway, …) is staged as before, and read back in its turn. The feed
+//! takes a teed part only once it is staged (its marker written); a teed part that fails (the
+//! client goes, a checksum does not match, staging fails) stops the feed, whose ingest had some
+//! of its bytes: Complete then ingests the upload from its start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -34,6 +45,9 @@ use crate::cache::uploads::{StagedPart, Uploads};
 /// How long a feed waits for its upload's next part, or its Complete, before it stops.
 pub const FEED_IDLE: Duration = Duration::from_secs(300);
 
+/// How long a part waits, unread, to be teed before it is staged without its feed.
+pub const TEE_WAIT: Duration = Duration::from_secs(10);
+
 /// The outcome of a feed's ingest, which Complete awaits: the MD5 (hex) of the bytes ingested.
 pub type Landed = Shared<BoxFuture<'static, Result<String, Failure>>>;
 
@@ -43,6 +57,40 @@ enum Event {
     Staged(StagedPart),
     /// Complete names these parts; the answer is the feed's outcome if it took a prefix of them.
     Complete { parts: Vec<StagedPart>, answer: oneshot::Sender<Option<Landed>> },
+    /// Part `number` is about to be received here: the answer, when the feed wants it, is the tee
+    /// its bytes go to; dropped if it does not.
+    Offer { number: u32, answer: oneshot::Sender<Tee> },
+}
+
+/// Where the bytes of a teed part go as they are received, and how its staging ends.
+pub struct Tee {
+    /// The part's bytes, to the feed.
+    bytes: mpsc::Sender<Bytes>,
+    /// The part, once staged; dropped if it was not.
+    staged: oneshot::Sender<StagedPart>,
+}
+
+impl Tee {
+    /// `body`, its bytes also sent to the feed as they pass (at the feed's pace).
+    pub fn body(&self, body: ByteStream) -> ByteStream {
+        let bytes = self.bytes.clone();
+        body.then(move |piece| {
+            let bytes = bytes.clone();
+            async move {
+                if let Ok(piece) = &piece {
+                    // A feed that stopped takes nothing: the part is staged all the same.
+                    let _ = bytes.send(piece.clone()).await;
+                }
+                piece
+            }
+        })
+        .boxed()
+    }
+
+    /// The part was staged: the feed takes it.
+    pub fn staged(self, part: StagedPart) {
+        let _ = self.staged.send(part);
+    }
 }
 
 /// What a feed sends its ingest.
@@ -75,26 +123,41 @@ impl Gateway {
     /// Part `part` of upload `id` of `key` was staged here: hands it to the upload's feed,
     /// starting one if `key` is a NAR's and there is none.
     pub(super) fn part_staged(&self, bucket: &str, key: &str, id: &str, part: StagedPart) {
+        self.feed_event(bucket, key, id, Event::Staged(part));
+    }
+
+    /// Part `number` of upload `id` of `key` is about to be received here: the tee its bytes go
+    /// to if its feed (started now if `key` is a NAR's and there is none) wants it within
+    /// [`TEE_WAIT`]; `None` otherwise, and the part is staged without its feed.
+    pub(super) async fn offer_part(&self, bucket: &str, key: &str, id: &str, number: u32) -> Option<Tee> {
+        let (answer, answered) = oneshot::channel();
+        self.feed_event(bucket, key, id, Event::Offer { number, answer })?;
+        tokio::time::timeout(TEE_WAIT, answered).await.ok()?.ok()
+    }
+
+    /// Sends `event` to the feed of upload `id` of `key`, starting one if `key` is a NAR's and
+    /// there is none (or only one that stopped); `None` if `key` has no feed.
+    fn feed_event(&self, bucket: &str, key: &str, id: &str, event: Event) -> Option<()> {
         let target = Target::of(key);
         if !matches!(target, Target::Nar { .. } | Target::NarUpload) {
-            return;
+            return None;
         }
         let mut feeds = self.inner.feeds.lock();
         let slot = (bucket.to_owned(), id.to_owned());
-        let part = match feeds.get(&slot) {
-            Some(feed) => match feed.send(Event::Staged(part)) {
-                Ok(()) => return,
+        let event = match feeds.get(&slot) {
+            Some(feed) => match feed.send(event) {
+                Ok(()) => return Some(()),
                 // A feed that stopped: a new one starts (at Complete it is given every part it
                 // did not take, from the first).
-                Err(mpsc::error::SendError(Event::Staged(part))) => part,
-                Err(_) => return,
+                Err(mpsc::error::SendError(event)) => event,
             },
-            None => part,
+            None => event,
         };
         let (events, receiver) = mpsc::unbounded_channel();
-        let _ = events.send(Event::Staged(part));
+        let _ = events.send(event);
         feeds.insert(slot, events);
         tokio::spawn(self.clone().feed(bucket.to_owned(), id.to_owned(), key.to_owned(), target, receiver));
+        Some(())
     }
 
     /// Complete of upload `id` names `parts`: the outcome of its feed, if it has one that took a
@@ -123,8 +186,10 @@ impl Gateway {
         let staging = self.uploads(&bucket);
         let (pieces, received) = mpsc::channel(2);
         let landed = self.start_ingest(&bucket, &key, target, body_of(&key, received));
-        // Parts staged but not taken yet, by number; the parts taken, in order.
+        // Parts staged but not taken yet, by number; the next part, offered to be teed; the parts
+        // taken, in order.
         let mut waiting: BTreeMap<u32, StagedPart> = BTreeMap::new();
+        let mut offer: Option<oneshot::Sender<Tee>> = None;
         let mut taken: Vec<StagedPart> = vec![];
         loop {
             let event = match tokio::time::timeout(FEED_IDLE, events.recv()).await {
@@ -136,6 +201,13 @@ impl Gateway {
                 Event::Staged(part) => {
                     if part.number as usize > taken.len() {
                         waiting.insert(part.number, part);
+                    }
+                }
+                Event::Offer { number, answer } => {
+                    // Only the part the feed wants next is teed; any other is staged without
+                    // it (its answer is dropped), to be read back in its turn.
+                    if number == taken.len() as u32 + 1 {
+                        offer = Some(answer);
                     }
                 }
                 Event::Complete { parts, answer } => {
@@ -155,12 +227,29 @@ impl Gateway {
                     return;
                 }
             }
-            while let Some(part) = waiting.remove(&(taken.len() as u32 + 1)) {
-                if !feed_part(&staging, &id, &part, &pieces).await {
-                    // The ingest ended early (the NAR is malformed, …): Complete will find this
-                    // feed gone and ingest the upload from its start, to answer why.
-                    return;
-                }
+            loop {
+                let next = taken.len() as u32 + 1;
+                let part = if let Some(part) = waiting.remove(&next) {
+                    if !feed_part(&staging, &id, &part, &pieces).await {
+                        // The ingest ended early (the NAR is malformed, …): Complete will find
+                        // this feed gone and ingest the upload from its start, to answer why.
+                        return;
+                    }
+                    part
+                } else if let Some(offer) = offer.take() {
+                    match take_tee(offer, next, &pieces).await {
+                        Teed::Taken(part) => {
+                            tracing::debug!(%bucket, %id, part = next, "part teed to the progressive ingest");
+                            part
+                        }
+                        // Its client went, or it was staged without the feed meanwhile.
+                        Teed::Declined => continue,
+                        // Some of its bytes went to the ingest: the body is spoilt.
+                        Teed::Failed => return,
+                    }
+                } else {
+                    break;
+                };
                 taken.push(part);
             }
         }
@@ -181,6 +270,35 @@ impl Gateway {
         }
         .boxed()
         .shared()
+    }
+}
+
+/// How a tee of a part ended.
+enum Teed {
+    /// Its bytes went to the ingest and it was staged.
+    Taken(StagedPart),
+    /// Its UploadPart no longer waited for it: nothing went to the ingest.
+    Declined,
+    /// Some of its bytes went to the ingest but it was not staged (or the ingest ended).
+    Failed,
+}
+
+/// Tees part `number` of an offer: passes its bytes into `pieces` as they are received, then
+/// takes the part once it is staged.
+async fn take_tee(offer: oneshot::Sender<Tee>, number: u32, pieces: &mpsc::Sender<Piece>) -> Teed {
+    let (bytes, mut received) = mpsc::channel(2);
+    let (staged, staging) = oneshot::channel();
+    if offer.send(Tee { bytes, staged }).is_err() {
+        return Teed::Declined;
+    }
+    while let Some(piece) = received.recv().await {
+        if pieces.send(Piece::Data(piece)).await.is_err() {
+            return Teed::Failed;
+        }
+    }
+    match staging.await {
+        Ok(part) if part.number == number => Teed::Taken(part),
+        _ => Teed::Failed,
     }
 }
 

@@ -121,6 +121,8 @@ impl Gateway {
             attributes: upload.attributes,
             content_md5: upload.content_md5,
             late_metadata: upload.late_metadata,
+            // A plain object's ETag is its MD5, as S3's is (`aws s3 sync` compares them).
+            md5_unneeded: false,
         };
         let written = cache.put_plain(key, body, options).await.map_err(|e| backend_error(key, e))?;
         Ok(written.etag)
