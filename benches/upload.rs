@@ -39,7 +39,7 @@ use sha2::Digest as _;
 /// The size of each NAR's content.
 const NAR_MIB: usize = 256;
 /// Runs of each single-upload figure.
-const RUNS: usize = 2;
+const RUNS: usize = 4;
 /// Concurrent uploads.
 const CONCURRENT: usize = 8;
 /// Multipart part size.
