@@ -6,7 +6,8 @@ pub mod serving;
 
 use std::path::{Path, PathBuf};
 
-/// `n` bytes that compress somewhat, like binaries and text do, different for each `seed`.
+/// `n` bytes of mostly random words, different for each `seed`: zstd shrinks them by only about
+/// a tenth (binaries and text by more than half).
 pub fn content(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let words: [&[u8]; 8] =
@@ -45,17 +46,24 @@ pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 pub const REAL_FILE_DIRS: [&str; 2] = ["/usr/lib/x86_64-linux-gnu", "/usr/bin"];
 
 /// The contents of regular files under [`REAL_FILE_DIRS`], in path order, until they hold at
-/// least `limit` bytes (fewer if the directories hold less), each with its path.
+/// least `limit` bytes (fewer if the directories hold less), each with its path. A file linked
+/// under several names is taken once (Debian's Mesa drivers are one file under a dozen).
 pub fn real_files(limit: usize) -> Vec<(PathBuf, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt as _;
     let mut paths = vec![];
     for dir in REAL_FILE_DIRS {
         walk(Path::new(dir), &mut paths);
     }
+    let mut seen = std::collections::HashSet::new();
     let mut files = vec![];
     let mut total = 0;
     for path in paths {
         if total >= limit {
             break;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
         }
         let Ok(data) = std::fs::read(&path) else { continue };
         total += data.len();
