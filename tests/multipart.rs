@@ -932,4 +932,37 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
     let done = complete().multipart_upload(list).checksum_crc32(&sum).send().await.unwrap();
     let expected = format!("{sum}-2");
     assert_eq!(done.checksum_crc32(), Some(expected.as_str()), "computed from the bytes");
+
+    // The same for a NAR, whose parts the ingest took as they came: the checksum Complete names
+    // is checked against the bytes all the same, before the NAR is visible.
+    let nar = &nar[..];
+    let mut other = nar.to_vec();
+    other[1 << 20] ^= 0x5a;
+    let key = format!("nar/{}.nar", nargate::nix::nixbase32::encode(&sha256(&other)));
+    let created = plain
+        .create_multipart_upload()
+        .bucket("sums")
+        .key(&key)
+        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+        .checksum_type(ChecksumType::FullObject)
+        .send()
+        .await
+        .unwrap();
+    let id = created.upload_id().unwrap();
+    let parts: Vec<(i32, Vec<u8>)> = vec![(1, other[..2 << 20].to_vec()), (2, other[2 << 20..].to_vec())];
+    let completed = upload_parts(&plain, "sums", &key, id, parts, 1).await;
+    let list = CompletedMultipartUpload::builder().set_parts(Some(completed)).build();
+    let complete = || plain.complete_multipart_upload().bucket("sums").key(&key).upload_id(id);
+    let wrong = complete()
+        .multipart_upload(list.clone())
+        .checksum_crc64_nvme(b64(&raw_checksum("crc64nvme", nar)))
+        .send()
+        .await;
+    assert_eq!(failure(wrong), (400, "BadDigest".into()), "a NAR's wrong claimed checksum");
+    let missing = plain.head_object().bucket("sums").key(&key).send().await;
+    assert_eq!(failure(missing).0, 404, "nothing of the NAR visible");
+    let sum = b64(&raw_checksum("crc64nvme", &other));
+    let done = complete().multipart_upload(list).checksum_crc64_nvme(&sum).send().await.unwrap();
+    assert_eq!(done.checksum_crc64_nvme(), Some(sum.as_str()), "the NAR's, computed from its bytes");
+    assert!(get(&plain, "sums", &key).await.0 == other, "the NAR reads back");
 }

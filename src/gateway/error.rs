@@ -79,6 +79,15 @@ pub fn ingest_error(key: &str, e: IngestError) -> S3Error {
         e @ (IngestError::NarHashMismatch { .. } | IngestError::NarSizeMismatch { .. }) => {
             (S3ErrorCode::BadDigest, e.to_string())
         }
+        // The body's own check failed (a multipart upload's claimed checksum, at Complete).
+        IngestError::Read(e)
+            if matches!(
+                e.get_ref().and_then(|e| e.downcast_ref()),
+                Some(BackendError::DigestMismatch { .. })
+            ) =>
+        {
+            (S3ErrorCode::BadDigest, e.to_string())
+        }
         e @ IngestError::Read(_) => (S3ErrorCode::IncompleteBody, e.to_string()),
         e => (S3ErrorCode::InvalidRequest, e.to_string()),
     };

@@ -400,8 +400,16 @@ impl Gateway {
         let task = tokio::spawn(async move {
             let late_metadata = LateMetadata::default();
             let written = async {
-                // A NAR whose parts were ingested as they came needs only the rest.
-                match gateway.complete_feed(&bucket, &id, &parts).await {
+                // A NAR whose parts were ingested as they came needs only the rest, unless the
+                // object's checksum is to be computed from its bytes (its parts kept none),
+                // which a feed does not do: then the upload is ingested from staging.
+                let feed = if upload_checksum.is_some() && of_parts.is_none() {
+                    gateway.stop_feed(&bucket, &id);
+                    None
+                } else {
+                    gateway.complete_feed(&bucket, &id, &parts).await
+                };
+                match feed {
                     Some(landed) => {
                         landed.await?;
                     }
