@@ -82,17 +82,30 @@ async fn upload_part(
     number: i32,
     data: Vec<u8>,
 ) -> String {
-    let out = client
+    let out = part_request(client, bucket, key, id, number, data)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("part {number}: {e:?}"));
+    out.e_tag().expect("UploadPart answers an ETag").to_owned()
+}
+
+/// An UploadPart of `data` as part `number` of upload `id` of `bucket`/`key`, to send as it is
+/// or with more (a Content-MD5, a checksum).
+fn part_request(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    number: i32,
+    data: Vec<u8>,
+) -> aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder {
+    client
         .upload_part()
         .bucket(bucket)
         .key(key)
         .upload_id(id)
         .part_number(number)
         .body(ByteStream::from(data))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("part {number}: {e:?}"));
-    out.e_tag().expect("UploadPart answers an ETag").to_owned()
 }
 
 /// Uploads `parts` (number, bytes) at most `concurrency` at a time, in the order given; returns
@@ -286,31 +299,15 @@ async fn lists_abort_and_errors(backend: DynBackend) {
 
     // Content-MD5 is checked: BadDigest, and nothing is staged.
     let wrong = base64::engine::general_purpose::STANDARD.encode(md5(b"something else"));
-    let result = client
-        .upload_part()
-        .bucket("mpu")
-        .key("a/one")
-        .upload_id(&a)
-        .part_number(1)
-        .content_md5(wrong)
-        .body(ByteStream::from_static(b"part one"))
-        .send()
-        .await;
+    let result =
+        part_request(&client, "mpu", "a/one", &a, 1, b"part one".to_vec()).content_md5(wrong).send().await;
     assert_eq!(failure(result), (400, "BadDigest".into()));
     let parts = client.list_parts().bucket("mpu").key("a/one").upload_id(&a).send().await.unwrap();
     assert!(parts.parts().is_empty(), "{parts:?}");
 
     // Part numbers are 1..=10000.
     for number in [0, 10_001] {
-        let result = client
-            .upload_part()
-            .bucket("mpu")
-            .key("a/one")
-            .upload_id(&a)
-            .part_number(number)
-            .body(ByteStream::from_static(b"x"))
-            .send()
-            .await;
+        let result = part_request(&client, "mpu", "a/one", &a, number, b"x".to_vec()).send().await;
         assert_eq!(failure(result), (400, "InvalidArgument".into()), "part {number}");
     }
 
@@ -349,15 +346,7 @@ async fn lists_abort_and_errors(backend: DynBackend) {
     assert_eq!(failure(result), (404, "NoSuchUpload".into()));
     let result = client.abort_multipart_upload().bucket("mpu").key("b/two").upload_id(&b).send().await;
     assert_eq!(failure(result), (404, "NoSuchUpload".into()));
-    let result = client
-        .upload_part()
-        .bucket("mpu")
-        .key("b/two")
-        .upload_id(&b)
-        .part_number(1)
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await;
+    let result = part_request(&client, "mpu", "b/two", &b, 1, b"x".to_vec()).send().await;
     assert_eq!(failure(result), (404, "NoSuchUpload".into()));
     assert_eq!(complete(&client, "mpu", "b/two", &b, &[part(7, "x")]).await.unwrap_err().1, "NoSuchUpload");
     let made_up = "0".repeat(32);
@@ -536,16 +525,8 @@ async fn parts_sent_in_turn_are_not_read_back() {
     let mut parts = parts_of(&other);
     upload_part(&client, "nix", &other_key, &id, 1, parts[0].1.clone()).await;
     let wrong = base64::engine::general_purpose::STANDARD.encode(md5(b"other bytes"));
-    let refused = client
-        .upload_part()
-        .bucket("nix")
-        .key(&other_key)
-        .upload_id(&id)
-        .part_number(2)
-        .content_md5(wrong)
-        .body(ByteStream::from(parts[1].1.clone()))
-        .send()
-        .await;
+    let refused =
+        part_request(&client, "nix", &other_key, &id, 2, parts[1].1.clone()).content_md5(wrong).send().await;
     assert_eq!(failure(refused), (400, "BadDigest".to_owned()));
     parts.remove(0);
     let mut completed = upload_parts(&client, "nix", &other_key, &id, parts, 1).await;
@@ -729,14 +710,8 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
         let mut completed = vec![];
         for (i, data) in parts.iter().enumerate() {
             let number = i as i32 + 1;
-            let out = client
-                .upload_part()
-                .bucket("sums")
-                .key(&key)
-                .upload_id(id)
-                .part_number(number)
+            let out = part_request(&client, "sums", &key, id, number, data.clone())
                 .checksum_algorithm(algorithm.clone())
-                .body(ByteStream::from(data.clone()))
                 .send()
                 .await
                 .unwrap();
@@ -846,14 +821,8 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
     let mut completed = vec![];
     for (i, part) in [&nar[..2 << 20], &nar[2 << 20..]].into_iter().enumerate() {
         let number = i as i32 + 1;
-        let out = client
-            .upload_part()
-            .bucket("sums")
-            .key(&key)
-            .upload_id(id)
-            .part_number(number)
+        let out = part_request(&client, "sums", &key, id, number, part.to_vec())
             .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .body(ByteStream::from(part.to_vec()))
             .send()
             .await
             .unwrap();
@@ -903,8 +872,8 @@ async fn checksums_composite_and_full_object(backend: DynBackend) {
     let mut completed = vec![];
     for (i, data) in parts.iter().enumerate() {
         let number = i as i32 + 1;
-        let upload = plain.upload_part().bucket("sums").key("log/unsummed-parts").upload_id(id);
-        let out = upload.part_number(number).body(ByteStream::from(data.clone())).send().await.unwrap();
+        let upload = part_request(&plain, "sums", "log/unsummed-parts", id, number, data.clone());
+        let out = upload.send().await.unwrap();
         assert_eq!(out.checksum_crc32(), None, "no checksum was sent with part {number}");
         completed.push(
             CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build(),

@@ -8,8 +8,9 @@
 //! Every PUT is checked by the server, which refuses a body damaged on the way: the small ones in
 //! one piece (chunks, records) by an `x-amz-checksum-crc32c`, which costs next to nothing to
 //! compute (a server too old to know it ignores it; one that refuses it takes
-//! [`PutCheck::ContentMd5`]), streamed ones by a Content-MD5 per request,
-//! whose MD5 is the object's ETag anyway. No other checksums are sent or required
+//! [`PutCheck::ContentMd5`]), streamed ones by a Content-MD5 per request, whose MD5 is the
+//! object's ETag anyway — or, when the caller needs no such ETag (staged parts,
+//! [`PutOptions::md5_unneeded`]), by the CRC32C too. No other checksums are sent or required
 //! (`WhenRequired`), which keeps older S3 servers happy. A PUT's
 //! [`ObjectMeta::last_modified`] is the server's `Date` on its response — its own clock, at or
 //! within a second after the object's LastModified — so that a PUT needs no extra HEAD. Listings

@@ -66,7 +66,8 @@ pub fn render_error(key: &str, e: RenderError) -> S3Error {
 
 /// The S3 error for an upload that could not be ingested. What is wrong with the upload is a
 /// 4xx (Nix retries a 5xx with an empty body and hangs): a NAR that is not one → InvalidRequest,
-/// one that is not the NAR expected → BadDigest, a running GC → 409 OperationAborted.
+/// one that is not the NAR expected → BadDigest, a running GC → 409 OperationAborted; a body
+/// that failed → its own error ([`backend_error`]: IncompleteBody for a client that went).
 pub fn ingest_error(key: &str, e: IngestError) -> S3Error {
     let (code, message) = match e {
         IngestError::Backend(e) => return backend_error(key, e),
@@ -79,16 +80,15 @@ pub fn ingest_error(key: &str, e: IngestError) -> S3Error {
         e @ (IngestError::NarHashMismatch { .. } | IngestError::NarSizeMismatch { .. }) => {
             (S3ErrorCode::BadDigest, e.to_string())
         }
-        // The body's own check failed (a multipart upload's claimed checksum, at Complete).
-        IngestError::Read(e)
-            if matches!(
-                e.get_ref().and_then(|e| e.downcast_ref()),
-                Some(BackendError::DigestMismatch { .. })
-            ) =>
-        {
-            (S3ErrorCode::BadDigest, e.to_string())
+        // A body is a stream of the backend's results: its own errors (the client went, a
+        // staged part could not be read, a checksum the body checks did not match) are those.
+        IngestError::Read(read) => {
+            let message = format!("reading the upload: {read}");
+            match read.into_inner().map(|inner| inner.downcast::<BackendError>()) {
+                Some(Ok(body)) => return backend_error(key, *body),
+                _ => (S3ErrorCode::IncompleteBody, message),
+            }
         }
-        e @ IngestError::Read(_) => (S3ErrorCode::IncompleteBody, e.to_string()),
         e => (S3ErrorCode::InvalidRequest, e.to_string()),
     };
     S3Error::with_message(code, message)
