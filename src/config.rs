@@ -218,7 +218,7 @@ pub struct S3BackendConfig {
     pub secret_access_key: Option<Secret>,
     /// How connections to the endpoint are used (`NARGATE_S3_CONNECTIONS`).
     pub connections: Connections,
-    /// How the server checks chunk and record PUTs (`NARGATE_S3_PUT_CHECK`).
+    /// How the server checks chunk, record and staged-part PUTs (`NARGATE_S3_PUT_CHECK`).
     pub put_check: PutCheck,
     /// How long to wait for a connection; the SDK's default when `None`
     /// (TOML `connect_timeout_secs`, `NARGATE_S3_CONNECT_TIMEOUT_SECS`).
@@ -235,7 +235,8 @@ pub struct S3BackendConfig {
 /// How an S3 backend uses connections (TOML: `"reuse"`, `"quickack"`, `"new-per-request"`).
 pub use crate::backend::s3::ConnectionMode as Connections;
 
-/// How an S3 backend's server checks chunk and record PUTs (TOML: `"crc32c"`, `"content-md5"`).
+/// How an S3 backend's server checks chunk, record and staged-part PUTs (TOML: `"crc32c"`,
+/// `"content-md5"`).
 pub use crate::backend::s3::PutCheck;
 
 /// The client key pair the configuration names (`[credentials]`): both or neither.

@@ -158,7 +158,7 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// How connections to the endpoint are kept (see [`ConnectionMode`]).
     pub connections: ConnectionMode,
-    /// How the server checks chunk and record PUTs (see [`PutCheck`]).
+    /// How the server checks chunk, record and staged-part PUTs (see [`PutCheck`]).
     pub put_check: PutCheck,
     /// How long to wait for a connection to the endpoint (the SDK's default when `None`).
     pub connect_timeout: Option<std::time::Duration>,
@@ -230,7 +230,7 @@ pub enum ConnectionMode {
     NewPerRequest,
 }
 
-/// How the server checks a chunk or record PUT (a body sent in one piece) for damage on the way.
+/// How the server checks a chunk, record or staged-part PUT for damage on the way.
 /// In the configuration file: `"crc32c"`, `"content-md5"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
